@@ -1,0 +1,131 @@
+"""The application object: task registry, settings and the broker."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+from .brokers import Broker, from_url
+from .config import Settings, load_settings
+from .errors import ConfigError, JobNotFound, UnknownTask
+from .job import Job
+from .serializer import Serializer, get_serializer
+from .task import BackoffSpec, P, R, Task
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Conveyor:
+    """A Conveyor application.
+
+    Args:
+        url: broker URL; default from ``CONVEYOR_URL`` or settings, else ``sqlite:///conveyor.db``.
+        store: job store URL, for brokers that have no store of their own.
+        settings: a prebuilt :class:`~conveyor.config.Settings` (default: loaded from the
+            environment and ``conveyor.toml``/``pyproject.toml``).
+        **options: any other setting (``max_payload=``, ``retries=``, ``lease=`` …).
+
+    Nothing connects until first use or :meth:`open`.
+    """
+
+    def __init__(self, url: str | None = None, store: str | None = None, *,
+                 settings: Settings | None = None, **options: Any) -> None:
+        base = settings or load_settings()
+        self.settings = base.replace("argument", url=url, store=store, **options)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.serializer: Serializer = get_serializer(self.settings.serializer)
+        self._broker: Broker | None = None
+
+    def __repr__(self) -> str:
+        return f"<Conveyor {self.settings.url.split('://', 1)[0]}:// tasks={len(self.tasks)}>"
+
+    # -- broker ------------------------------------------------------------------------------
+    @property
+    def broker(self) -> Broker:
+        """The broker (and job store), created on first use."""
+        if self._broker is None:
+            if self.settings.store is not None:
+                raise ConfigError("store= is for brokers without a store of their own; "
+                                  f"{self.settings.url.split('://')[0]}:// keeps its own jobs")
+            self._broker = from_url(self.settings.url)
+        return self._broker
+
+    def open(self) -> Conveyor:
+        """Connect now (raises BrokerError with the reason if the broker cannot be used)."""
+        self.broker.open()
+        return self
+
+    def close(self) -> None:
+        """Close connections; the app may be used again afterwards."""
+        if self._broker is not None:
+            self._broker.close()
+
+    def __enter__(self) -> Conveyor:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tasks -------------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, *, name: str | None = None, queue: str = "default", retries: int | None = None,
+             backoff: BackoffSpec = None, timeout: float | None = None,
+             priority: int = 0) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+             queue: str = "default", retries: int | None = None, backoff: BackoffSpec = None,
+             timeout: float | None = None, priority: int = 0) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., retries=...)``.
+
+        Args:
+            name: registered name (default ``module.function``).
+            queue: queue its jobs go to (default ``default``).
+            retries: retries after the first attempt raises (default: the ``retries`` setting).
+            backoff: seconds (base of exponential back-off), a :class:`Backoff` or ``f(attempt)``.
+            timeout: seconds before ``TimeoutError`` is raised in the task; it is killed
+                ``kill_after`` seconds later if it has not returned.
+            priority: default priority; higher runs first.
+        """
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            t: Task[Any, Any] = Task(self, f, name=name, queue=queue, retries=retries, backoff=backoff,
+                                     timeout=timeout, priority=priority)
+            if t.name in self.tasks and self.tasks[t.name].fn is not f:
+                raise ConfigError(f"a different task is already registered as {t.name!r}")
+            self.tasks[t.name] = t
+            return t
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered as ``name``. Raises UnknownTask."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(name) from None
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues of the registered tasks (what a worker consumes by default)."""
+        return sorted({t.queue for t in self.tasks.values()} | {"default"})
+
+    # -- jobs --------------------------------------------------------------------------------
+    def enqueue(self, name: str, args: Sequence[Any] | None = None,
+                kwargs: Mapping[str, Any] | None = None, **options: Any) -> Job[Any]:
+        """Enqueue a task by name (for callers without its code object); options as in
+        :meth:`Task.options`. Raises UnknownTask, InvalidArguments or PayloadTooLarge."""
+        task = self.get_task(name)
+        msg = task.message(list(args or ()), dict(kwargs or {}), options)
+        (job_id,) = self.broker.enqueue([msg])
+        return Job(self, job_id, task)
+
+    def get_job(self, job_id: str) -> Job[Any]:
+        """The job with that id, loaded from the store. Raises JobNotFound."""
+        record = self.broker.get(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return Job(self, job_id, self.tasks.get(record.task), record)

@@ -1,0 +1,364 @@
+"""The broker interface: one small, batch-first contract that every backend implements.
+
+A broker moves jobs (enqueue, fetch under a lease, ack) and, unless it is paired with a separate
+store, also answers the store's queries (get, list, counts, workers). Backends live one per file
+and are chosen by URL scheme through :func:`from_url`; third-party backends register a class in the
+``conveyor.brokers`` entry-point group.
+
+Semantics every backend honours (see ``docs/semantics.md``):
+
+* A job leaves the queue only by an ack after its run, a cancel, or being dead-lettered (``failed``).
+* ``fetch`` leases jobs: each lease has a deadline and a fencing token. ``extend`` pushes the
+  deadline; ``recover`` puts jobs with expired leases back (counted as a delivery). Any ack, extend
+  or progress carrying a token that is no longer current is refused.
+* Delayed jobs wait in the schedule (state ``scheduled``), never under a lease.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Literal
+
+from ..errors import BrokerError
+
+__all__ = [
+    "ACTIVE_STATES",
+    "STATES",
+    "TERMINAL_STATES",
+    "Broker",
+    "ExtendResult",
+    "JobPage",
+    "JobRecord",
+    "Lease",
+    "Message",
+    "Outcome",
+    "QueueInfo",
+    "WorkerInfo",
+    "from_url",
+]
+
+State = Literal["queued", "scheduled", "running", "succeeded", "failed", "cancelled"]
+STATES: tuple[str, ...] = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_STATES = frozenset({"queued", "scheduled", "running"})
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class Message:
+    """A job to enqueue, already validated and serialized.
+
+    ``run_at`` later than now puts the job in the schedule (``scheduled``) instead of the queue.
+    ``key``, when set, makes the job unique among active jobs: enqueueing another job with the same
+    key while one is queued, scheduled or running returns the existing job's id.
+    """
+
+    id: str
+    task: str
+    queue: str
+    payload: bytes
+    priority: int = 0
+    run_at: float | None = None
+    key: str | None = None
+    max_attempts: int = 1
+    timeout: float | None = None
+    created_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Lease:
+    """A job handed to one consumer until ``deadline``; ``token`` fences every later write."""
+
+    job_id: str
+    token: int
+    task: str
+    queue: str
+    payload: bytes
+    attempt: int
+    max_attempts: int
+    timeout: float | None
+    deadline: float
+    priority: int = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The verdict on a leased job.
+
+    ``state`` is ``succeeded``, ``failed``, ``cancelled``, ``scheduled`` (retry at ``run_at``) or
+    ``queued`` (handed back unstarted: the delivery is not counted as an attempt).
+    """
+
+    job_id: str
+    token: int
+    state: str
+    result: bytes | None = None
+    error: dict[str, Any] | None = None
+    run_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(slots=True)
+class ExtendResult:
+    """What ``extend`` learned: leases no longer held, and jobs whose cancellation was requested."""
+
+    lost: set[str] = field(default_factory=set)
+    cancel_requested: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """Everything the store keeps about one job."""
+
+    id: str
+    task: str
+    queue: str
+    state: str
+    payload: bytes
+    priority: int = 0
+    key: str | None = None
+    attempts: int = 0
+    max_attempts: int = 1
+    timeout: float | None = None
+    created_at: float = 0.0
+    run_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float | None = None
+    lease_until: float | None = None
+    token: int = 0
+    consumer: str | None = None
+    cancel_requested: bool = False
+    progress: float | None = None
+    progress_message: str | None = None
+    result: bytes | None = None
+    error: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class JobPage:
+    """One page of ``list_jobs``; pass ``cursor`` back to get the next (None: no more)."""
+
+    jobs: list[JobRecord]
+    cursor: str | None
+
+
+@dataclass(slots=True)
+class QueueInfo:
+    """A queue's depth by state and whether it is paused."""
+
+    name: str
+    paused: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A consumer's heartbeat: who it is, where, and what it holds."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    started_at: float
+    last_seen: float = 0.0
+    supervisor: str | None = None
+    pool: str = "process"
+    current: list[str] = field(default_factory=list)
+    rss: int = 0
+    processed: int = 0
+    failed: int = 0
+
+
+class Broker(ABC):
+    """Base class of every broker. Subclasses implement the abstract operations.
+
+    Capabilities are declared as class flags, never probed; the worker chooses blocking fetch,
+    notification or polling from them.
+    """
+
+    scheme: ClassVar[str] = ""
+    supports_blocking_fetch: ClassVar[bool] = False
+    supports_native_delays: ClassVar[bool] = False
+    supports_priorities: ClassVar[bool] = True
+    supports_notify: ClassVar[bool] = False
+    supports_transactions: ClassVar[bool] = False
+    #: False for brokers living in one process (memory): the worker then refuses a process pool.
+    shared_between_processes: ClassVar[bool] = True
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        self.clock: Clock = clock or time.time
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect (and create the schema) now instead of on first use. Raises BrokerError."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. The broker may be opened again."""
+
+    def fork(self) -> Broker:
+        """A new, unopened broker on the same URL, for another process or thread."""
+        return type(self)(self.url, clock=self.clock)
+
+    # -- moving jobs -------------------------------------------------------------------------
+    @abstractmethod
+    def enqueue(self, messages: Sequence[Message]) -> list[str]:
+        """Store the messages in one round trip; return each job's id (an existing one for a
+        duplicate ``key``)."""
+
+    @abstractmethod
+    def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        """Lease up to ``limit`` ready jobs from ``queues`` (in that order of preference) for
+        ``lease`` seconds. Paused queues are skipped. Never blocks."""
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block up to ``timeout`` seconds or until work may be ready. Default: sleep."""
+        time.sleep(timeout)
+
+    @abstractmethod
+    def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Record the outcomes; each is accepted only if its token is still current."""
+
+    @abstractmethod
+    def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
+        """Push the deadline of the given (job id, token) leases ``lease`` seconds from now."""
+
+    @abstractmethod
+    def progress(self, job_id: str, token: int, fraction: float | None, message: str | None) -> bool:
+        """Record a running job's progress; refused (False) for a stale token."""
+
+    @abstractmethod
+    def recover(self) -> int:
+        """Put jobs whose lease expired back in the queue (or in ``failed`` when out of attempts),
+        and move due scheduled jobs to the queue. Returns how many leases were recovered."""
+
+    @abstractmethod
+    def release(self, consumer: str, reason: str) -> int:
+        """Hand back every job leased by ``consumer`` at once (it died or was stopped), as lease
+        expiry would, with ``reason`` recorded. Returns how many."""
+
+    # -- control -----------------------------------------------------------------------------
+    @abstractmethod
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job: queued or scheduled → ``cancelled``; running → cancellation requested
+        (the task sees ``current_job().cancelled``). Returns the state after. Raises JobNotFound."""
+
+    @abstractmethod
+    def retry(self, job_id: str) -> str:
+        """Put a ``failed`` or ``cancelled`` job back in its queue with fresh attempts (a retry by
+        hand). Returns the new state; raises JobNotFound, or ValueError for an active job."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> bool:
+        """Delete a job that is not running. Returns whether one was deleted."""
+
+    @abstractmethod
+    def pause(self, queue: str) -> None:
+        """Stop handing out jobs of ``queue`` (enqueueing still works)."""
+
+    @abstractmethod
+    def resume(self, queue: str) -> None:
+        """Undo ``pause``."""
+
+    @abstractmethod
+    def purge(self, queue: str | None, states: Iterable[str] = ("queued", "scheduled")) -> int:
+        """Delete jobs of ``queue`` (every queue when None) in ``states``. Returns how many."""
+
+    @abstractmethod
+    def prune(self, older_than: float) -> int:
+        """Delete ``succeeded`` and ``cancelled`` jobs finished more than ``older_than`` seconds ago
+        (retention). ``failed`` jobs are kept until deleted by hand."""
+
+    # -- store queries -----------------------------------------------------------------------
+    @abstractmethod
+    def get(self, job_id: str) -> JobRecord | None:
+        """One job, or None."""
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Several jobs, in the given order."""
+        return [self.get(j) for j in job_ids]
+
+    @abstractmethod
+    def list_jobs(
+        self,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first, filtered; ``cursor`` continues after the previous page."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: n}}`` over every job in the store."""
+
+    @abstractmethod
+    def paused_queues(self) -> set[str]:
+        """Names of the paused queues."""
+
+    def queues(self) -> list[QueueInfo]:
+        """Every known queue with its depth by state and paused flag."""
+        counts, paused = self.counts(), self.paused_queues()
+        names = sorted(set(counts) | paused)
+        return [QueueInfo(n, n in paused, {s: counts.get(n, {}).get(s, 0) for s in STATES}) for n in names]
+
+    @abstractmethod
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        """Record that ``worker`` is alive (upsert)."""
+
+    @abstractmethod
+    def unregister(self, worker_id: str) -> None:
+        """Remove a worker's heartbeat (clean shutdown)."""
+
+    @abstractmethod
+    def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
+        """Workers heard from in the last ``max_age`` seconds."""
+
+
+_BUILTIN = {
+    "memory": "conveyor.brokers.memory:MemoryBroker",
+    "sqlite": "conveyor.brokers.sqlite:SQLiteBroker",
+    "redis": "conveyor.brokers.redis:RedisBroker",
+    "rediss": "conveyor.brokers.redis:RedisBroker",
+}
+
+
+def broker_class(url: str) -> type[Broker]:
+    """The broker class for ``url``'s scheme: built-in, else from the entry-point group."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if not scheme:
+        raise BrokerError(f"broker URL {url!r} has no scheme; expected e.g. sqlite:///conveyor.db")
+    target = _BUILTIN.get(scheme)
+    if target is None:
+        found = [ep for ep in entry_points(group="conveyor.brokers") if ep.name == scheme]
+        if not found:
+            known = ", ".join(sorted(_BUILTIN))
+            raise BrokerError(f"no broker for scheme {scheme!r} in {url!r} (known: {known})")
+        cls = found[0].load()
+    else:
+        module, _, name = target.partition(":")
+        try:
+            cls = getattr(import_module(module), name)
+        except ImportError as exc:
+            raise BrokerError(
+                f"the {scheme!r} broker needs an extra: pip install 'conveyor[{scheme}]' ({exc})"
+            ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, Broker)):
+        raise BrokerError(f"{cls!r} registered for {scheme!r} is not a conveyor Broker")
+    return cls
+
+
+def from_url(url: str, *, clock: Clock | None = None) -> Broker:
+    """Create (without connecting) the broker for ``url``."""
+    return broker_class(url)(url, clock=clock)

@@ -1,0 +1,348 @@
+"""``memory://``: the reference broker, complete and in-process.
+
+It honours every rule of the contract (leases, fencing, delays, priorities, retries, pause) with
+an injectable clock, so tests can move time instead of sleeping. It lives in one process: use the
+thread or async pool with it, or the SQLite broker to share jobs between processes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from ..errors import JobNotFound
+from . import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    Broker,
+    Clock,
+    ExtendResult,
+    JobPage,
+    JobRecord,
+    Lease,
+    Message,
+    Outcome,
+    WorkerInfo,
+)
+
+LOST_LEASE = {"type": "LeaseExpired", "message": "the lease expired: the worker stopped heartbeating"}
+
+
+class MemoryBroker(Broker):
+    """In-process broker and store; the reference implementation of the contract."""
+
+    scheme = "memory"
+    supports_blocking_fetch = True
+    supports_notify = True
+    shared_between_processes = False
+
+    def __init__(self, url: str = "memory://", *, clock: Clock | None = None) -> None:
+        super().__init__(url, clock=clock)
+        self._lock = threading.Condition()
+        self._jobs: dict[str, JobRecord] = {}
+        self._seq: dict[str, int] = {}
+        self._counter = itertools.count()
+        self._ready: dict[str, list[tuple[int, int, str]]] = {}  # queue -> heap(-priority, seq, id)
+        self._schedule: list[tuple[float, int, str]] = []  # heap(run_at, seq, id)
+        self._keys: dict[str, str] = {}  # unique key -> active job id
+        self._paused: set[str] = set()
+        self._workers: dict[str, WorkerInfo] = {}
+
+    def fork(self) -> Broker:
+        """The same in-process state (threads share one memory broker)."""
+        return self
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _push_ready(self, job: JobRecord) -> None:
+        heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, self._seq[job.id], job.id))
+
+    def _push_schedule(self, job: JobRecord) -> None:
+        assert job.run_at is not None
+        heapq.heappush(self._schedule, (job.run_at, next(self._counter), job.id))
+
+    def _settle(self, job: JobRecord, state: str, now: float) -> None:
+        job.state = state
+        job.updated_at = now
+        job.lease_until = None
+        job.consumer = None
+        if state in TERMINAL_STATES:
+            job.finished_at = now
+            if job.key and self._keys.get(job.key) == job.id:
+                del self._keys[job.key]
+        elif state == "queued":
+            job.run_at = now
+            self._push_ready(job)
+        elif state == "scheduled":
+            self._push_schedule(job)
+
+    def _promote(self, now: float) -> None:
+        while self._schedule and self._schedule[0][0] <= now:
+            run_at, _, job_id = heapq.heappop(self._schedule)
+            job = self._jobs.get(job_id)
+            if job is not None and job.state == "scheduled" and job.run_at == run_at:
+                job.state = "queued"
+                job.updated_at = now
+                self._push_ready(job)
+
+    def _lose(self, job: JobRecord, now: float, error: dict[str, object]) -> None:
+        """A running job whose worker is gone: back to the queue, or failed when out of attempts."""
+        job.history.append({"attempt": job.attempts, "at": now, "state": "lost", "error": error})
+        if job.attempts >= job.max_attempts:
+            job.error = dict(error)
+            self._settle(job, "failed", now)
+        else:
+            self._settle(job, "queued", now)
+
+    # -- moving jobs -------------------------------------------------------------------------
+    def enqueue(self, messages: Sequence[Message]) -> list[str]:
+        now = self.clock()
+        ids: list[str] = []
+        with self._lock:
+            for m in messages:
+                if m.key is not None and m.key in self._keys:
+                    ids.append(self._keys[m.key])
+                    continue
+                scheduled = m.run_at is not None and m.run_at > now
+                job = JobRecord(
+                    id=m.id, task=m.task, queue=m.queue, payload=m.payload,
+                    state="scheduled" if scheduled else "queued", priority=m.priority, key=m.key,
+                    max_attempts=m.max_attempts, timeout=m.timeout, created_at=m.created_at or now,
+                    run_at=m.run_at if scheduled else now, updated_at=now,
+                )
+                self._jobs[job.id] = job
+                self._seq[job.id] = next(self._counter)
+                if m.key is not None:
+                    self._keys[m.key] = job.id
+                if scheduled:
+                    self._push_schedule(job)
+                else:
+                    self._push_ready(job)
+                ids.append(job.id)
+            self._lock.notify_all()
+        return ids
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        now = self.clock()
+        out: list[Lease] = []
+        with self._lock:
+            self._promote(now)
+            for queue in queues:
+                if queue in self._paused:
+                    continue
+                heap = self._ready.get(queue)
+                while heap and len(out) < limit:
+                    _, seq, job_id = heapq.heappop(heap)
+                    job = self._jobs.get(job_id)
+                    if job is None or job.state != "queued" or self._seq[job_id] != seq:
+                        continue
+                    job.state, job.consumer = "running", consumer
+                    job.attempts += 1
+                    job.token += 1
+                    job.lease_until = now + lease
+                    job.started_at = job.updated_at = now
+                    job.cancel_requested = False
+                    out.append(Lease(job.id, job.token, job.task, job.queue, job.payload, job.attempts,
+                                     job.max_attempts, job.timeout, job.lease_until, job.priority))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        with self._lock:
+            if any(self._ready.get(q) for q in queues if q not in self._paused):
+                return
+            if self._schedule and self._schedule[0][0] <= self.clock():
+                return
+            self._lock.wait(timeout)
+
+    def _current(self, job_id: str, token: int) -> JobRecord | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.state != "running" or job.token != token:
+            return None
+        return job
+
+    def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        now = self.clock()
+        accepted: list[bool] = []
+        with self._lock:
+            for o in outcomes:
+                job = self._current(o.job_id, o.token)
+                if job is None:
+                    accepted.append(False)
+                    continue
+                if o.state == "queued":  # handed back unstarted: not an attempt
+                    job.attempts -= 1
+                    self._settle(job, "queued", now)
+                    accepted.append(True)
+                    continue
+                job.started_at = o.started_at or job.started_at
+                if o.result is not None:
+                    job.result = o.result
+                if o.error is not None:
+                    job.error = o.error
+                if o.state != "succeeded":
+                    job.history.append({"attempt": job.attempts, "at": o.finished_at or now,
+                                        "state": o.state, "error": o.error})
+                if o.state == "scheduled":
+                    job.run_at = o.run_at if o.run_at is not None else now
+                self._settle(job, o.state, now)
+                if o.finished_at is not None and o.state in TERMINAL_STATES:
+                    job.finished_at = o.finished_at
+                accepted.append(True)
+            self._lock.notify_all()
+        return accepted
+
+    def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
+        now = self.clock()
+        result = ExtendResult()
+        with self._lock:
+            for job_id, token in leases:
+                job = self._current(job_id, token)
+                if job is None:
+                    result.lost.add(job_id)
+                    continue
+                job.lease_until = now + lease
+                if job.cancel_requested:
+                    result.cancel_requested.add(job_id)
+        return result
+
+    def progress(self, job_id: str, token: int, fraction: float | None, message: str | None) -> bool:
+        with self._lock:
+            job = self._current(job_id, token)
+            if job is None:
+                return False
+            job.progress, job.progress_message = fraction, message
+            job.updated_at = self.clock()
+            return True
+
+    def recover(self) -> int:
+        now = self.clock()
+        n = 0
+        with self._lock:
+            for job in list(self._jobs.values()):
+                if job.state == "running" and job.lease_until is not None and job.lease_until < now:
+                    self._lose(job, now, LOST_LEASE)
+                    n += 1
+            self._promote(now)
+            self._lock.notify_all()
+        return n
+
+    def release(self, consumer: str, reason: str) -> int:
+        now = self.clock()
+        n = 0
+        with self._lock:
+            for job in list(self._jobs.values()):
+                if job.state == "running" and job.consumer == consumer:
+                    self._lose(job, now, {"type": "WorkerLost", "message": reason})
+                    n += 1
+            self._lock.notify_all()
+        return n
+
+    # -- control -----------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> str:
+        now = self.clock()
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.state in ("queued", "scheduled"):
+                self._settle(job, "cancelled", now)
+            elif job.state == "running":
+                job.cancel_requested = True
+                job.updated_at = now
+            return job.state
+
+    def retry(self, job_id: str) -> str:
+        now = self.clock()
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.state in ACTIVE_STATES or job.state == "succeeded":
+                raise ValueError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried")
+            if job.key is not None:
+                if job.key in self._keys:
+                    raise ValueError(f"job {job_id}: another active job holds key {job.key!r}")
+                self._keys[job.key] = job.id
+            job.attempts, job.error, job.finished_at = 0, None, None
+            job.cancel_requested = False
+            self._settle(job, "queued", now)
+            self._lock.notify_all()
+            return job.state
+
+    def delete(self, job_id: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state == "running":
+                return False
+            if job.key and self._keys.get(job.key) == job_id:
+                del self._keys[job.key]
+            del self._jobs[job_id]
+            return True
+
+    def pause(self, queue: str) -> None:
+        with self._lock:
+            self._paused.add(queue)
+
+    def resume(self, queue: str) -> None:
+        with self._lock:
+            self._paused.discard(queue)
+            self._lock.notify_all()
+
+    def purge(self, queue: str | None, states: Iterable[str] = ("queued", "scheduled")) -> int:
+        wanted = set(states) - {"running"}
+        with self._lock:
+            doomed = [j.id for j in self._jobs.values()
+                      if j.state in wanted and (queue is None or j.queue == queue)]
+        return sum(self.delete(j) for j in doomed)
+
+    def prune(self, older_than: float) -> int:
+        cutoff = self.clock() - older_than
+        with self._lock:
+            doomed = [j.id for j in self._jobs.values() if j.state in ("succeeded", "cancelled")
+                      and j.finished_at is not None and j.finished_at < cutoff]
+        return sum(self.delete(j) for j in doomed)
+
+    # -- store queries -----------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else replace(job, history=list(job.history))
+
+    def list_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
+                  limit: int = 50, cursor: str | None = None) -> JobPage:
+        with self._lock:
+            rows = [j for j in self._jobs.values()
+                    if (state is None or j.state == state) and (queue is None or j.queue == queue)
+                    and (task is None or j.task == task) and (cursor is None or j.id < cursor)]
+        rows.sort(key=lambda j: j.id, reverse=True)
+        page = [replace(j, history=list(j.history)) for j in rows[:limit]]
+        return JobPage(page, page[-1].id if len(rows) > limit else None)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for j in self._jobs.values():
+                per = out.setdefault(j.queue, {})
+                per[j.state] = per.get(j.state, 0) + 1
+        return out
+
+    def paused_queues(self) -> set[str]:
+        with self._lock:
+            return set(self._paused)
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        with self._lock:
+            self._workers[worker.id] = replace(worker, last_seen=self.clock())
+
+    def unregister(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
+        now = self.clock()
+        with self._lock:
+            return [replace(w) for w in self._workers.values() if now - w.last_seen <= max_age]

@@ -1,0 +1,375 @@
+"""``sqlite:///path``: the embedded default broker and store, shared by every process on a host.
+
+One database file in WAL mode holds jobs, queues and worker heartbeats. Writers take the lock with
+``BEGIN IMMEDIATE`` and claim with ``UPDATE … RETURNING``, so two consumers never lease the same
+job. Commits are durable (``synchronous=FULL``) unless the URL says ``?synchronous=normal``.
+Idle consumers watch ``PRAGMA data_version``, which changes whenever another connection commits,
+so a new job is picked up within a millisecond or two without hammering the write lock.
+
+URL: ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``; options as query parameters:
+``synchronous`` (full|normal), ``busy_timeout`` (seconds, default 30), ``poll`` (seconds, default 0.001).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from importlib.resources import files
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import orjson
+
+from ..errors import BrokerError, JobNotFound
+from . import Broker, Clock, ExtendResult, JobPage, JobRecord, Lease, Message, Outcome, WorkerInfo
+from .memory import LOST_LEASE
+
+
+def _load_queries() -> dict[str, str]:
+    text = files(__package__).joinpath("sqlite.sql").read_text()
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+
+
+Q = _load_queries()
+_JSON_FIELDS = ("error", "history")
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split ``sqlite:///path?opt=v`` into the file path and its options."""
+    if not url.startswith("sqlite://"):
+        raise BrokerError(f"not a SQLite URL: {url!r}")
+    rest = url[len("sqlite://"):]
+    rest, _, query = rest.partition("?")
+    if not rest.startswith("/") or rest == "/":
+        raise BrokerError(f"SQLite URL {url!r} needs a path: sqlite:///relative.db or sqlite:////abs.db")
+    path = unquote(rest[1:])
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(options) - {"synchronous", "busy_timeout", "poll"}
+    if unknown:
+        raise BrokerError(f"unknown SQLite URL option(s) {sorted(unknown)} in {url!r}")
+    return path, options
+
+
+class SQLiteBroker(Broker):
+    """Broker and job store in one SQLite file (WAL, durable commits)."""
+
+    scheme = "sqlite"
+    supports_transactions = True
+
+    def __init__(self, url: str = "sqlite:///conveyor.db", *, clock: Clock | None = None) -> None:
+        super().__init__(url, clock=clock)
+        self.path, options = parse_url(url)
+        sync = options.get("synchronous", "full").upper()
+        if sync not in ("FULL", "NORMAL", "EXTRA"):
+            raise BrokerError(f"synchronous must be full, normal or extra, not {sync.lower()!r}")
+        self._synchronous = sync
+        try:
+            self._busy_timeout = float(options.get("busy_timeout", 30))
+            self.poll_interval = float(options.get("poll", 0.001))
+        except ValueError as exc:
+            raise BrokerError(f"bad number in SQLite URL {url!r}: {exc}") from None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._seen_version = -1
+        self._next_due: float | None = None
+
+    # -- connection --------------------------------------------------------------------------
+    def open(self) -> None:
+        self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        # A connection must never cross fork(): a child opens its own.
+        self._pid = os.getpid()
+        where = os.path.abspath(self.path)
+        folder = os.path.dirname(where)
+        if not os.path.isdir(folder):
+            raise BrokerError(f"cannot open SQLite database {where}: folder {folder} does not exist")
+        try:
+            conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy_timeout)
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.executescript("BEGIN IMMEDIATE;\n" + Q["schema"] + "\nCOMMIT;")
+        except sqlite3.Error as exc:
+            raise BrokerError(f"cannot open SQLite database {where}: {exc}") from None
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._connect()
+
+    # -- moving jobs -------------------------------------------------------------------------
+    def enqueue(self, messages: Sequence[Message]) -> list[str]:
+        now = self.clock()
+        rows, keyed = [], []
+        for m in messages:
+            scheduled = m.run_at is not None and m.run_at > now
+            row = (m.id, m.task, m.queue, "scheduled" if scheduled else "queued", m.priority, m.payload,
+                   m.key, m.max_attempts, m.timeout, m.created_at or now,
+                   m.run_at if scheduled else now, now)
+            (keyed if m.key is not None else rows).append(row)
+        ids = {}
+        with self._write() as conn:
+            if rows:
+                conn.executemany(Q["insert"], rows)
+            for row in keyed:
+                if conn.execute(Q["insert"], row).rowcount == 0:
+                    found = conn.execute(Q["id_by_key"], (row[6],)).fetchone()
+                    if found:
+                        ids[row[0]] = found[0]
+        return [ids.get(m.id, m.id) for m in messages]
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        now = self.clock()
+        out: list[tuple[Any, ...]] = []
+        with self._write() as conn:
+            self._seen_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            conn.execute(Q["promote"], {"now": now})
+            paused = {r[0] for r in conn.execute(Q["paused"])}
+            for queue in queues:
+                if queue in paused:
+                    continue
+                args = {"deadline": now + lease, "consumer": consumer, "now": now,
+                        "queue": queue, "limit": limit - len(out)}
+                got = conn.execute(Q["claim"], args).fetchall()
+                got.sort(key=lambda r: (-r[10], r[0]))
+                out.extend(got)
+                if len(out) >= limit:
+                    break
+            if not out:
+                self._next_due = conn.execute(Q["next_due"]).fetchone()[0]
+        return [Lease(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]) for r in out]
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Sleep until another connection commits, a scheduled job falls due, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        if self._next_due is not None:
+            deadline = min(deadline, time.monotonic() + max(0.0, self._next_due - self.clock()))
+        interval = self.poll_interval
+        while True:
+            with self._read() as conn:
+                if conn.execute("PRAGMA data_version").fetchone()[0] != self._seen_version:
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(interval, left))
+            interval = min(interval * 1.25, self.poll_interval * 5)
+
+    def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        now = self.clock()
+        with self._write() as conn:
+            current = self._current(conn, [(o.job_id, o.token) for o in outcomes])
+            accepted = [(o.job_id, o.token) in current for o in outcomes]
+            wins = [o for o, ok in zip(outcomes, accepted) if ok]
+            conn.executemany(Q["succeed"], [
+                (o.result, o.started_at, o.finished_at or now, now, o.job_id, o.token)
+                for o in wins if o.state == "succeeded"])
+            for o in wins:
+                if o.state == "queued":
+                    conn.execute(Q["hand_back"], {"id": o.job_id, "token": o.token, "now": now})
+                elif o.state != "succeeded":
+                    error = orjson.dumps(o.error).decode() if o.error is not None else None
+                    entry = orjson.dumps({"attempt": None, "at": o.finished_at or now, "state": o.state,
+                                          "error": o.error}).decode()
+                    conn.execute(Q["settle"], {
+                        "state": o.state, "result": o.result, "error": error, "started_at": o.started_at,
+                        "finished_at": o.finished_at or now, "run_at": o.run_at, "now": now,
+                        "entry": entry, "id": o.job_id, "token": o.token})
+        return accepted
+
+    def _current(self, conn: sqlite3.Connection, leases: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The (id, token) pairs among ``leases`` that are still held, with their cancel flag."""
+        held: dict[tuple[str, int], int] = {}
+        ids = list({job_id for job_id, _ in leases})
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            sql = Q["current_tokens"].format(ids=",".join("?" * len(chunk)))
+            for job_id, token, cancel in conn.execute(sql, chunk):
+                held[(job_id, token)] = cancel
+        return held
+
+    def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
+        result = ExtendResult()
+        if not leases:
+            return result
+        now = self.clock()
+        with self._write() as conn:
+            held = self._current(conn, leases)
+            conn.executemany(Q["extend"], [{"deadline": now + lease, "id": j, "token": t}
+                                           for j, t in leases if (j, t) in held])
+        for job_id, token in leases:
+            if (job_id, token) not in held:
+                result.lost.add(job_id)
+            elif held[(job_id, token)]:
+                result.cancel_requested.add(job_id)
+        return result
+
+    def progress(self, job_id: str, token: int, fraction: float | None, message: str | None) -> bool:
+        with self._write() as conn:
+            args = {"fraction": fraction, "message": message, "now": self.clock(), "id": job_id, "token": token}
+            return bool(conn.execute(Q["progress"], args).rowcount)
+
+    def _lose(self, where: str, params: dict[str, Any], error: dict[str, str]) -> int:
+        params = {**params, "now": self.clock(), "error": orjson.dumps(error).decode()}
+        with self._write() as conn:
+            n = conn.execute(Q["lose"].format(where=where), params).rowcount
+            conn.execute(Q["promote"], {"now": params["now"]})
+        return int(n)
+
+    def recover(self) -> int:
+        return self._lose("lease_until < :now", {}, LOST_LEASE)
+
+    def release(self, consumer: str, reason: str) -> int:
+        return self._lose("consumer = :consumer", {"consumer": consumer},
+                          {"type": "WorkerLost", "message": reason})
+
+    # -- control -----------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> str:
+        with self._write() as conn:
+            args = {"id": job_id, "now": self.clock()}
+            if not conn.execute(Q["cancel_waiting"], args).rowcount:
+                conn.execute(Q["cancel_running"], args)
+            row = conn.execute(Q["state_of"], (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return str(row[0])
+
+    def retry(self, job_id: str) -> str:
+        try:
+            with self._write() as conn:
+                if conn.execute(Q["retry_by_hand"], {"id": job_id, "now": self.clock()}).rowcount:
+                    return "queued"
+                row = conn.execute(Q["state_of"], (job_id,)).fetchone()
+        except sqlite3.IntegrityError:
+            raise ValueError(f"job {job_id}: another active job holds the same key") from None
+        if row is None:
+            raise JobNotFound(job_id)
+        raise ValueError(f"job {job_id} is {row[0]}; only failed or cancelled jobs can be retried")
+
+    def delete(self, job_id: str) -> bool:
+        with self._write() as conn:
+            return bool(conn.execute(Q["delete"], (job_id,)).rowcount)
+
+    def pause(self, queue: str) -> None:
+        with self._write() as conn:
+            conn.execute(Q["pause"], (queue, 1))
+
+    def resume(self, queue: str) -> None:
+        with self._write() as conn:
+            conn.execute(Q["pause"], (queue, 0))
+
+    def purge(self, queue: str | None, states: Sequence[str] | Any = ("queued", "scheduled")) -> int:
+        wanted = [s for s in states if s != "running"]
+        if not wanted:
+            return 0
+        sql = f"DELETE FROM conveyor_jobs WHERE state IN ({','.join('?' * len(wanted))})"
+        params: list[Any] = list(wanted)
+        if queue is not None:
+            sql += " AND queue = ?"
+            params.append(queue)
+        with self._write() as conn:
+            return int(conn.execute(sql, params).rowcount)
+
+    def prune(self, older_than: float) -> int:
+        with self._write() as conn:
+            n = conn.execute(Q["prune"], (self.clock() - older_than,)).rowcount
+            conn.execute(Q["forget_workers"], (self.clock() - max(older_than, 3600.0),))
+        return int(n)
+
+    # -- store queries -----------------------------------------------------------------------
+    @staticmethod
+    def _record(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> JobRecord:
+        data = {d[0]: v for d, v in zip(cursor.description, row)}
+        del data["seq"]
+        for name in _JSON_FIELDS:
+            data[name] = orjson.loads(data[name]) if data[name] is not None else None
+        data["history"] = data["history"] or []
+        data["cancel_requested"] = bool(data["cancel_requested"])
+        return JobRecord(**data)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._read() as conn:
+            cur = conn.execute(Q["get"], (job_id,))
+            row = cur.fetchone()
+            return None if row is None else self._record(cur, row)
+
+    def list_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
+                  limit: int = 50, cursor: str | None = None) -> JobPage:
+        where, params = [], []
+        for column, value in (("state", state), ("queue", queue), ("task", task)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if cursor is not None:
+            where.append("id < ?")
+            params.append(cursor)
+        sql = "SELECT * FROM conveyor_jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit + 1)
+        with self._read() as conn:
+            cur = conn.execute(sql, params)
+            jobs = [self._record(cur, r) for r in cur.fetchall()]
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return JobPage(jobs, jobs[-1].id if more and jobs else None)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            for queue, state, n in conn.execute(Q["counts"]):
+                out.setdefault(queue, {})[state] = n
+        return out
+
+    def paused_queues(self) -> set[str]:
+        with self._read() as conn:
+            return {r[0] for r in conn.execute(Q["paused"])}
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        now = self.clock()
+        info = orjson.dumps(asdict(worker) | {"last_seen": now}).decode()
+        with self._write() as conn:
+            conn.execute(Q["heartbeat"], (worker.id, now, info))
+
+    def unregister(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(Q["unregister"], (worker_id,))
+
+    def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
+        with self._read() as conn:
+            rows = conn.execute(Q["workers"], (self.clock() - max_age,)).fetchall()
+        return [WorkerInfo(**orjson.loads(info)) for info, _ in rows]

@@ -1,0 +1,153 @@
+-- Named queries of the SQLite broker. Each block starts with "-- name: <name>".
+-- Every job lives in conveyor_jobs; "seq" (the rowid) orders the queue, "id" (UUIDv7) names the job.
+
+-- name: schema
+CREATE TABLE IF NOT EXISTS conveyor_jobs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    task TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    payload BLOB NOT NULL,
+    key TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 1,
+    timeout REAL,
+    created_at REAL NOT NULL,
+    run_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL,
+    lease_until REAL,
+    token INTEGER NOT NULL DEFAULT 0,
+    consumer TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress REAL,
+    progress_message TEXT,
+    result BLOB,
+    error TEXT,
+    history TEXT
+);
+CREATE INDEX IF NOT EXISTS conveyor_jobs_ready ON conveyor_jobs (queue, priority DESC, seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS conveyor_jobs_schedule ON conveyor_jobs (run_at) WHERE state = 'scheduled';
+CREATE INDEX IF NOT EXISTS conveyor_jobs_leases ON conveyor_jobs (lease_until) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS conveyor_jobs_state ON conveyor_jobs (state, id);
+CREATE INDEX IF NOT EXISTS conveyor_jobs_finished ON conveyor_jobs (finished_at) WHERE state IN ('succeeded', 'cancelled');
+CREATE UNIQUE INDEX IF NOT EXISTS conveyor_jobs_key ON conveyor_jobs (key)
+    WHERE key IS NOT NULL AND state IN ('queued', 'scheduled', 'running');
+CREATE TABLE IF NOT EXISTS conveyor_queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS conveyor_workers (id TEXT PRIMARY KEY, last_seen REAL NOT NULL, info TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conveyor_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO conveyor_meta (name, value) VALUES ('schema_version', '1');
+
+-- name: insert
+INSERT INTO conveyor_jobs (id, task, queue, state, priority, payload, key, max_attempts, timeout,
+                           created_at, run_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+
+-- name: id_by_key
+SELECT id FROM conveyor_jobs WHERE key = ? AND state IN ('queued', 'scheduled', 'running')
+
+-- name: promote
+UPDATE conveyor_jobs SET state = 'queued', updated_at = :now WHERE state = 'scheduled' AND run_at <= :now
+
+-- name: next_due
+SELECT min(run_at) FROM conveyor_jobs WHERE state = 'scheduled'
+
+-- name: paused
+SELECT name FROM conveyor_queues WHERE paused = 1
+
+-- name: claim
+UPDATE conveyor_jobs
+SET state = 'running', attempts = attempts + 1, token = token + 1, lease_until = :deadline,
+    consumer = :consumer, started_at = :now, updated_at = :now, cancel_requested = 0
+WHERE seq IN (SELECT seq FROM conveyor_jobs WHERE state = 'queued' AND queue = :queue
+              ORDER BY priority DESC, seq LIMIT :limit)
+RETURNING seq, id, token, task, queue, payload, attempts, max_attempts, timeout, lease_until, priority
+
+-- name: succeed
+UPDATE conveyor_jobs
+SET state = 'succeeded', result = ?, started_at = coalesce(?, started_at), finished_at = ?, updated_at = ?,
+    lease_until = NULL, consumer = NULL
+WHERE id = ? AND token = ? AND state = 'running'
+
+-- name: settle
+UPDATE conveyor_jobs
+SET state = :state, result = coalesce(:result, result), error = coalesce(:error, error),
+    started_at = coalesce(:started_at, started_at),
+    finished_at = CASE WHEN :state IN ('failed', 'cancelled') THEN :finished_at ELSE finished_at END,
+    run_at = CASE WHEN :state = 'scheduled' THEN :run_at ELSE :now END,
+    history = json_insert(coalesce(history, '[]'), '$[#]', json_set(json(:entry), '$.attempt', attempts)),
+    updated_at = :now, lease_until = NULL, consumer = NULL
+WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: hand_back
+UPDATE conveyor_jobs
+SET state = 'queued', attempts = attempts - 1, run_at = :now, updated_at = :now, lease_until = NULL, consumer = NULL
+WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: current_tokens
+SELECT id, token, cancel_requested FROM conveyor_jobs WHERE state = 'running' AND id IN ({ids})
+
+-- name: extend
+UPDATE conveyor_jobs SET lease_until = :deadline WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: progress
+UPDATE conveyor_jobs SET progress = :fraction, progress_message = :message, updated_at = :now
+WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: lose
+UPDATE conveyor_jobs
+SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+    error = CASE WHEN attempts >= max_attempts THEN :error ELSE error END,
+    finished_at = CASE WHEN attempts >= max_attempts THEN :now ELSE NULL END,
+    history = json_insert(coalesce(history, '[]'), '$[#]',
+                          json_object('attempt', attempts, 'at', :now, 'state', 'lost', 'error', json(:error))),
+    run_at = :now, updated_at = :now, lease_until = NULL, consumer = NULL
+WHERE state = 'running' AND {where}
+
+-- name: cancel_waiting
+UPDATE conveyor_jobs SET state = 'cancelled', finished_at = :now, updated_at = :now
+WHERE id = :id AND state IN ('queued', 'scheduled')
+
+-- name: cancel_running
+UPDATE conveyor_jobs SET cancel_requested = 1, updated_at = :now WHERE id = :id AND state = 'running'
+
+-- name: retry_by_hand
+UPDATE conveyor_jobs
+SET state = 'queued', attempts = 0, error = NULL, finished_at = NULL, cancel_requested = 0,
+    run_at = :now, updated_at = :now
+WHERE id = :id AND state IN ('failed', 'cancelled')
+
+-- name: state_of
+SELECT state FROM conveyor_jobs WHERE id = ?
+
+-- name: delete
+DELETE FROM conveyor_jobs WHERE id = ? AND state != 'running'
+
+-- name: pause
+INSERT INTO conveyor_queues (name, paused) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
+
+-- name: prune
+DELETE FROM conveyor_jobs WHERE state IN ('succeeded', 'cancelled') AND finished_at < ?
+
+-- name: get
+SELECT * FROM conveyor_jobs WHERE id = ?
+
+-- name: counts
+SELECT queue, state, count(*) FROM conveyor_jobs GROUP BY queue, state
+
+-- name: heartbeat
+INSERT INTO conveyor_workers (id, last_seen, info) VALUES (?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, info = excluded.info
+
+-- name: unregister
+DELETE FROM conveyor_workers WHERE id = ?
+
+-- name: workers
+SELECT info, last_seen FROM conveyor_workers WHERE last_seen >= ?
+
+-- name: forget_workers
+DELETE FROM conveyor_workers WHERE last_seen < ?

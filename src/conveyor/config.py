@@ -1,0 +1,132 @@
+"""Settings, from (highest first) explicit values and CLI flags, ``CONVEYOR_*`` environment
+variables, ``conveyor.toml`` or ``[tool.conveyor]`` in ``pyproject.toml``, then defaults.
+
+One :class:`Settings` object is used everywhere; :meth:`Settings.sources` says where each value
+came from (``conveyor config`` prints it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "CONVEYOR_"
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 2
+
+
+@dataclass
+class Settings:
+    """Every setting of Conveyor. Field docs are shown by ``conveyor config``."""
+
+    url: str = field(default="sqlite:///conveyor.db", metadata={"help": "broker URL"})
+    store: str | None = field(default=None, metadata={"help": "job store URL when the broker has none"})
+    queues: list[str] | None = field(default=None, metadata={"help": "queues a worker consumes (default: all of the app's)"})
+    concurrency: int = field(default_factory=_cpus, metadata={"help": "pool size (processes, threads or coroutines)"})
+    pool: Literal["process", "thread", "async"] = field(default="process", metadata={"help": "worker pool kind"})
+    prefetch: int = field(default=32, metadata={"help": "jobs a consumer leases in one fetch"})
+    max_jobs_per_child: int | None = field(default=None, metadata={"help": "recycle a pool process after this many jobs"})
+    max_memory: int | None = field(default=None, metadata={"help": "recycle a pool process above this RSS (MB)"})
+    grace: float = field(default=30.0, metadata={"help": "seconds running jobs get to finish on SIGTERM"})
+    lease: float = field(default=10.0, metadata={"help": "lease length in seconds (extended by heartbeats)"})
+    kill_after: float = field(default=5.0, metadata={"help": "seconds after a task's timeout before a hard kill"})
+    retries: int = field(default=3, metadata={"help": "default retries of a task that raises"})
+    max_payload: int = field(default=1_048_576, metadata={"help": "largest serialized arguments, bytes"})
+    retention: float = field(default=7 * 86400.0, metadata={"help": "seconds succeeded/cancelled jobs are kept"})
+    serializer: Literal["json", "pickle"] = field(default="json", metadata={"help": "message format"})
+    log_level: str = field(default="INFO", metadata={"help": "logging level of the worker"})
+    _sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def sources(self) -> dict[str, str]:
+        """Where each setting came from: ``default``, a file path, ``env CONVEYOR_X`` or ``argument``."""
+        return {f.name: self._sources.get(f.name, "default") for f in fields(self) if not f.name.startswith("_")}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain values."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+    def replace(self, source: str = "argument", **values: Any) -> Settings:
+        """A copy with ``values`` applied (None values are skipped), recorded as coming from ``source``."""
+        data = {k: v for k, v in self.as_dict().items()}
+        sources = dict(self._sources)
+        for name, value in values.items():
+            if value is None:
+                continue
+            data[name] = _convert(name, value, source)
+            sources[name] = source
+        new = Settings(**data)
+        new._sources = sources
+        return new
+
+
+_FIELDS = {f.name: f for f in fields(Settings) if not f.name.startswith("_")}
+_HINTS = get_type_hints(Settings)
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {}
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown setting {name!r} (from {source}); known: {', '.join(sorted(_FIELDS))}")
+    adapter = _ADAPTERS.get(name)
+    if adapter is None:
+        adapter = _ADAPTERS[name] = TypeAdapter(_HINTS[name])
+    if isinstance(value, str) and name == "queues":
+        value = [q.strip() for q in value.split(",") if q.strip()] or None
+    elif isinstance(value, str) and value.strip().lower() in ("", "none") and "None" in str(_HINTS[name]):
+        value = None
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        msg = exc.errors()[0]["msg"]
+        raise ConfigError(f"bad value {value!r} for setting {name!r} (from {source}): {msg}") from None
+
+
+def _file_settings(folder: Path) -> tuple[dict[str, Any], str | None]:
+    own = folder / "conveyor.toml"
+    project = folder / "pyproject.toml"
+    try:
+        if own.is_file():
+            return tomllib.loads(own.read_text()), str(own)
+        if project.is_file():
+            table = tomllib.loads(project.read_text()).get("tool", {}).get("conveyor")
+            if table is not None:
+                return dict(table), f"{project} [tool.conveyor]"
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cannot read settings file: {exc}") from None
+    return {}, None
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    folder: str | Path | None = None,
+) -> Settings:
+    """Build the settings from defaults, the settings file, the environment and ``overrides``."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    found, where = _file_settings(Path(folder or os.getcwd()))
+    if found:
+        settings = settings.replace(where or "file", **{k.replace("-", "_"): v for k, v in found.items()})
+    for name in _FIELDS:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            settings = settings.replace(f"env {key}", **{name: env[key]})
+    if overrides:
+        settings = settings.replace("argument", **overrides)
+    return settings

@@ -1,0 +1,212 @@
+"""Jobs: a handle on one enqueued call, and ``current_job()`` inside a running task."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .brokers import TERMINAL_STATES, JobRecord
+from .errors import JobCancelled, JobFailed, JobNotFound
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+    from .task import Task
+
+R = TypeVar("R")
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class Job(Generic[R]):
+    """A handle on one job. ``status`` is read fresh from the store on every access; the other
+    attributes come from the last :meth:`refresh` (done on first use)."""
+
+    __slots__ = ("_record", "_task", "app", "id")
+
+    def __init__(self, app: Conveyor, job_id: str, task: Task[Any, R] | None = None,
+                 record: JobRecord | None = None) -> None:
+        self.app = app
+        self.id = job_id
+        self._task = task
+        self._record = record
+
+    def __repr__(self) -> str:
+        state = self._record.state if self._record else "?"
+        return f"<Job {self.id} {self.task_name or ''} {state}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- reading -----------------------------------------------------------------------------
+    def refresh(self) -> Job[R]:
+        """Reload the job's record from the store. Raises JobNotFound."""
+        record = self.app.broker.get(self.id)
+        if record is None:
+            raise JobNotFound(self.id)
+        self._record = record
+        return self
+
+    @property
+    def record(self) -> JobRecord:
+        """The store's record as of the last refresh."""
+        if self._record is None:
+            self.refresh()
+        assert self._record is not None
+        return self._record
+
+    @property
+    def status(self) -> str:
+        """The job's state, read now: queued, scheduled, running, succeeded, failed or cancelled."""
+        return self.refresh().record.state
+
+    @property
+    def task_name(self) -> str | None:
+        return self._task.name if self._task else (self._record.task if self._record else None)
+
+    @property
+    def queue(self) -> str:
+        return self.record.queue
+
+    @property
+    def attempts(self) -> int:
+        """Deliveries so far (a run that started counts, even if its worker died)."""
+        return self.record.attempts
+
+    @property
+    def max_attempts(self) -> int:
+        return self.record.max_attempts
+
+    @property
+    def progress(self) -> float | None:
+        """Last reported progress fraction, 0..1."""
+        return self.record.progress
+
+    @property
+    def progress_message(self) -> str | None:
+        return self.record.progress_message
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The last error: ``{"type", "message", "traceback"}``."""
+        return self.record.error
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every attempt that did not succeed, in order."""
+        return self.record.history
+
+    @property
+    def created_at(self) -> datetime | None:
+        return _dt(self.record.created_at)
+
+    @property
+    def run_at(self) -> datetime | None:
+        return _dt(self.record.run_at)
+
+    @property
+    def started_at(self) -> datetime | None:
+        return _dt(self.record.started_at)
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return _dt(self.record.finished_at)
+
+    @property
+    def args(self) -> list[Any]:
+        return list(self.app.serializer.loads(self.record.payload).get("args", []))
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.app.serializer.loads(self.record.payload).get("kwargs", {}))
+
+    # -- waiting and acting ------------------------------------------------------------------
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the job to end and return its value.
+
+        Raises:
+            JobFailed: the job ended in ``failed`` (``.error`` has type, message and traceback).
+            JobCancelled: the job was cancelled.
+            TimeoutError: it had not ended after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            record = self.app.broker.get(self.id)
+            if record is None:
+                raise JobNotFound(self.id)
+            self._record = record
+            if record.state in TERMINAL_STATES:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} still {record.state} after {timeout}s")
+            left = pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic()))
+            time.sleep(left)
+            pause = min(pause * 1.5, 0.05)
+        if record.state == "cancelled":
+            raise JobCancelled(self.id, record.state, record.error)
+        if record.state == "failed":
+            raise JobFailed(self.id, record.state, record.error)
+        value = None if record.result is None else self.app.serializer.loads(record.result)
+        task = self._task or self.app.tasks.get(record.task)
+        return task.decode_result(value) if task is not None else value  # type: ignore[no-any-return]
+
+    def cancel(self) -> str:
+        """Cancel the job: at once if it waits; a running job is asked to stop (its task sees
+        ``current_job().cancelled``). Returns the state after."""
+        return self.app.broker.cancel(self.id)
+
+    def retry(self) -> str:
+        """Run a failed or cancelled job again, with fresh attempts."""
+        return self.app.broker.retry(self.id)
+
+
+class CurrentJob:
+    """What a running task knows about its own job (see :func:`current_job`)."""
+
+    def __init__(self, job_id: str, task: str, queue: str, attempt: int, max_attempts: int,
+                 report: Callable[[float | None, str | None], None],
+                 is_cancelled: Callable[[], bool]) -> None:
+        self.id = job_id
+        self.task = task
+        self.queue = queue
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self._report = report
+        self._is_cancelled = is_cancelled
+
+    def __repr__(self) -> str:
+        return f"<CurrentJob {self.id} {self.task} attempt {self.attempt}/{self.max_attempts}>"
+
+    def progress(self, fraction: float | None, message: str | None = None) -> None:
+        """Report progress (0..1) and an optional message; shown live by the CLI and dashboard."""
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress fraction must be within 0..1, not {fraction}")
+        self._report(fraction, message)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone asked to cancel this job; the task should stop soon."""
+        return self._is_cancelled()
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+_current: ContextVar[CurrentJob | None] = ContextVar("conveyor_current_job", default=None)
+
+
+def current_job() -> CurrentJob:
+    """The job the calling task runs as. Raises RuntimeError outside a worker."""
+    job = _current.get()
+    if job is None:
+        raise RuntimeError("current_job() is only available inside a task run by a worker")
+    return job

@@ -1,0 +1,298 @@
+"""Tasks: functions registered with ``@app.task``, validated and enqueued as jobs."""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Union
+
+import pydantic
+import uuid_utils
+
+from .brokers import Message
+from .errors import ConfigError, InvalidArguments, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+    from .job import Job
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential back-off with jitter, capped: ``min(cap, base * factor**(attempt-1))`` seconds,
+    less up to ``jitter`` (a fraction) of it at random so retries of many jobs spread out."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 3600.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before the retry that follows failed attempt number ``attempt`` (1-based)."""
+        raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        return raw * (1.0 - self.jitter * random.random())
+
+
+BackoffSpec = Union[float, Backoff, Callable[[int], float], None]
+
+
+def _as_backoff(spec: BackoffSpec) -> Callable[[int], float]:
+    if spec is None:
+        return Backoff().delay
+    if isinstance(spec, Backoff):
+        return spec.delay
+    if isinstance(spec, (int, float)):
+        if spec < 0:
+            raise ConfigError(f"backoff must be >= 0 seconds, not {spec}")
+        return Backoff(base=float(spec)).delay
+    if callable(spec):
+        return spec
+    raise ConfigError(f"backoff must be seconds, a Backoff or a callable, not {spec!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is inspect.Parameter.empty or tp is Any:
+        return "any"
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _seconds(value: float | timedelta | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{what} must be a non-negative number of seconds or a timedelta, not {value!r}")
+    return float(value)
+
+
+def _timestamp(at: datetime | float | None) -> float | None:
+    if at is None:
+        return None
+    if isinstance(at, datetime):
+        return at.timestamp()
+    if isinstance(at, (int, float)):
+        return float(at)
+    raise ValueError(f"at must be a datetime or a Unix timestamp, not {at!r}")
+
+
+_OPTION_NAMES = frozenset({"delay", "at", "priority", "queue", "key", "retries", "timeout"})
+
+
+class Task(Generic[P, R]):
+    """A registered function. Call it to run it here; ``enqueue`` it to run it on a worker.
+
+    Attributes:
+        name: the registered name (``module.function`` unless given).
+        queue, retries, timeout, priority: defaults for its jobs.
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        fn: Callable[P, R] | Callable[P, Awaitable[R]],
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int | None = None,
+        backoff: BackoffSpec = None,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> None:
+        if retries is not None and retries < 0:
+            raise ConfigError(f"retries must be >= 0, not {retries}")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds, not {timeout}")
+        if not queue or not isinstance(queue, str):
+            raise ConfigError(f"queue must be a non-empty string, not {queue!r}")
+        self.app = app
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.queue = queue
+        self.retries = app.settings.retries if retries is None else retries
+        self.backoff = _as_backoff(backoff)
+        self.timeout = timeout
+        self.priority = priority
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self._validator: Callable[..., tuple[tuple[Any, ...], dict[str, Any]]] | None = None
+        self._positional: list[str] = []
+        self._hints: dict[str, Any] = {}
+        self._result_adapter: pydantic.TypeAdapter[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function here and now, as a plain call."""
+        return self.fn(*args, **kwargs)
+
+    # -- validation --------------------------------------------------------------------------
+    def _build_validator(self) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception as exc:
+            raise ConfigError(f"cannot resolve the type hints of task {self.name!r}: {exc}") from None
+        sig = inspect.signature(self.fn)
+        params = [p.replace(annotation=hints.get(p.name, Any)) for p in sig.parameters.values()]
+        self._hints = {p.name: hints.get(p.name, inspect.Parameter.empty) for p in params}
+        self._positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+        def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return args, kwargs
+
+        capture.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=params, return_annotation=inspect.Signature.empty
+        )
+        capture.__annotations__ = {p.name: p.annotation for p in params}
+        capture.__name__ = capture.__qualname__ = self.name
+        config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+        return pydantic.validate_call(config=config)(capture)
+
+    def validate(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Bind ``args``/``kwargs`` to the signature and check them against the type hints.
+
+        Returns the validated (and converted) arguments. Raises InvalidArguments naming each
+        failing argument and its expected type.
+        """
+        if self._validator is None:
+            self._validator = self._build_validator()
+        try:
+            return self._validator(*args, **kwargs)
+        except pydantic.ValidationError as exc:
+            raise InvalidArguments(self.name, self._explain(exc)) from None
+
+    def _explain(self, exc: pydantic.ValidationError) -> list[dict[str, Any]]:
+        out = []
+        for err in exc.errors(include_url=False):
+            loc = list(err.get("loc", ()))
+            head = loc[0] if loc else "?"
+            if isinstance(head, int):
+                head = self._positional[head] if head < len(self._positional) else f"#{head}"
+            name = ".".join([str(head), *map(str, loc[1:])])
+            expected = _type_name(self._hints[head]) if head in self._hints else None
+            entry = {"argument": name, "expected": expected, "message": err["msg"]}
+            if err.get("type") not in ("missing_argument", "missing"):
+                entry["input"] = repr(err.get("input"))[:200]
+            out.append(entry)
+        return out
+
+    def decode_result(self, value: Any) -> Any:
+        """Turn a stored JSON result back into the task's declared return type, when it has one."""
+        if self._result_adapter is None:
+            try:
+                hint = typing.get_type_hints(self.fn).get("return", Any)
+            except Exception:
+                hint = Any
+            if inspect.iscoroutinefunction(self.fn) or hint in (Any, type(None), None):
+                return value
+            self._result_adapter = pydantic.TypeAdapter(hint)
+        try:
+            return self._result_adapter.validate_python(value)
+        except pydantic.ValidationError:
+            return value
+
+    # -- enqueueing --------------------------------------------------------------------------
+    def options(self, **options: Any) -> TaskCall[P, R]:
+        """Per-call options: ``delay`` (seconds or timedelta), ``at`` (datetime), ``priority``
+        (higher runs first), ``queue``, ``key`` (unique among active jobs), ``retries``, ``timeout``."""
+        return TaskCall(self, options)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Validate the arguments and enqueue one job. Returns its :class:`Job`."""
+        return TaskCall(self, {}).enqueue(*args, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[Any]) -> list[Job[R]]:
+        """Enqueue many jobs in one round trip. Each item is a tuple of positional arguments,
+        a dict of keyword arguments, or an ``(args_tuple, kwargs_dict)`` pair."""
+        return TaskCall(self, {}).enqueue_many(calls)
+
+    def message(self, args: Sequence[Any], kwargs: Mapping[str, Any], options: Mapping[str, Any]) -> Message:
+        """Validate and serialize one call into a broker :class:`Message`."""
+        bad = set(options) - _OPTION_NAMES
+        if bad:
+            raise TypeError(f"unknown enqueue option(s) {sorted(bad)}; known: {sorted(_OPTION_NAMES)}")
+        vargs, vkwargs = self.validate(args, kwargs)
+        payload = self.app.serializer.dumps({"args": vargs, "kwargs": vkwargs})
+        limit = self.app.settings.max_payload
+        if len(payload) > limit:
+            raise PayloadTooLarge(self.name, len(payload), limit)
+        now = time.time()
+        run_at = _timestamp(options.get("at"))
+        delay = _seconds(options.get("delay"), "delay")
+        if delay:
+            run_at = now + delay
+        retries = options.get("retries", self.retries)
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+        timeout = _seconds(options.get("timeout"), "timeout") if "timeout" in options else self.timeout
+        priority = options.get("priority", self.priority)
+        if not isinstance(priority, int):
+            raise ValueError(f"priority must be an int, not {priority!r}")
+        queue = options.get("queue") or self.queue
+        key = options.get("key")
+        if key is not None and not isinstance(key, str):
+            key = str(key)
+        return Message(
+            id=str(uuid_utils.uuid7()), task=self.name, queue=queue, payload=payload, priority=priority,
+            run_at=run_at, key=key, max_attempts=retries + 1, timeout=timeout, created_at=now,
+        )
+
+
+def _split_call(item: Any) -> tuple[Sequence[Any], Mapping[str, Any]]:
+    if isinstance(item, Mapping):
+        return (), item
+    if (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (tuple, list))
+            and isinstance(item[1], Mapping)):
+        return item[0], item[1]
+    if isinstance(item, (tuple, list)):
+        return item, {}
+    return (item,), {}
+
+
+class TaskCall(Generic[P, R]):
+    """A task with per-call options bound, as returned by :meth:`Task.options`."""
+
+    def __init__(self, task: Task[P, R], options: Mapping[str, Any]) -> None:
+        self.task = task
+        self.opts = dict(options)
+
+    def options(self, **options: Any) -> TaskCall[P, R]:
+        """More options on top of these."""
+        return TaskCall(self.task, {**self.opts, **options})
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Validate the arguments and enqueue one job."""
+        from .job import Job
+
+        msg = self.task.message(args, kwargs, self.opts)
+        (job_id,) = self.task.app.broker.enqueue([msg])
+        return Job(self.task.app, job_id, self.task)
+
+    def enqueue_many(self, calls: Iterable[Any]) -> list[Job[R]]:
+        """Validate every call, then enqueue them all in one round trip. Nothing is enqueued if
+        any call is invalid (the error names the call's index)."""
+        from .job import Job
+
+        msgs = []
+        for i, item in enumerate(calls):
+            args, kwargs = _split_call(item)
+            try:
+                msgs.append(self.task.message(args, kwargs, self.opts))
+            except InvalidArguments as exc:
+                raise InvalidArguments(self.task.name, [{**e, "argument": f"[{i}].{e['argument']}"}
+                                                         for e in exc.errors]) from None
+        ids = self.task.app.broker.enqueue(msgs) if msgs else []
+        app = self.task.app
+        return [Job(app, job_id, self.task) for job_id in ids]
