@@ -88,7 +88,7 @@ class StaleLease(ConveyorError):
     """An operation carried a lease token that is no longer current (the job was re-leased)."""
 
 
-class Retry(ConveyorError):  # noqa: N818 - reads as an instruction: ``raise Retry(delay=5)``
+class Retry(ConveyorError):
     """Raise inside a task to retry it now or after ``delay`` seconds, counted as an attempt."""
 
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:

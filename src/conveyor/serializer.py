@@ -64,7 +64,7 @@ class PickleSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            return pickle.loads(data)  # noqa: S301 - opted into explicitly
+            return pickle.loads(data)
         except Exception as exc:
             raise SerializationError(f"malformed pickle message: {exc}") from None
 

@@ -1,0 +1,452 @@
+"""One pool member's loop: lease jobs on its own connection, run them, ack in batches.
+
+The runner never dies from a job: an unknown task, a malformed message or arguments that no longer
+fit the signature put that job in ``failed`` with the reason and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..brokers import Broker, Lease, Outcome, WorkerInfo
+from ..errors import ConveyorError, InvalidArguments, Retry, SerializationError
+from ..job import CurrentJob, _current
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+    from ..config import Settings
+    from .pools import Slot
+
+log = logging.getLogger("conveyor.worker")
+
+EXIT_STOPPED = 0
+EXIT_RECYCLE = 3
+ACK_BATCH = 64
+ACK_DELAY = 0.02  # seconds a finished job may wait for its ack to be batched with others
+PROGRESS_EVERY = 0.1  # seconds between progress writes of one job
+
+
+def error_info(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
+    """The stored form of an exception: type, message and (optionally) traceback."""
+    info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if with_traceback:
+        info["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return info
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+
+class _Running:
+    """Book-keeping of one job being executed, shared with the heartbeat thread."""
+
+    __slots__ = ("cancelled", "lease", "pending_progress", "progress_at")
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.cancelled = False
+        self.progress_at = 0.0
+        self.pending_progress: tuple[float | None, str | None] | None = None
+
+
+class Runner:
+    """Executes leases for one consumer: the shared core of every pool kind."""
+
+    def __init__(self, app: Conveyor, broker: Broker, settings: Settings, consumer_id: str) -> None:
+        self.app = app
+        self.broker = broker
+        self.settings = settings
+        self.consumer_id = consumer_id
+        self.running: dict[str, _Running] = {}
+        self.held: dict[str, Lease] = {}  # leased and not yet acked
+        self.lock = threading.Lock()
+        self.processed = 0
+        self.failed = 0
+
+    # -- one job -----------------------------------------------------------------------------
+    def _decode(self, lease: Lease) -> tuple[Any, Sequence[Any], dict[str, Any]] | Outcome:
+        task = self.app.tasks.get(lease.task)
+        if task is None:
+            return self._dead(lease, {"type": "UnknownTask",
+                                      "message": f"no task named {lease.task!r} is registered in this worker"})
+        try:
+            data = self.app.serializer.loads(lease.payload)
+            if not isinstance(data, dict) or not isinstance(data.get("args", []), list) \
+                    or not isinstance(data.get("kwargs", {}), dict):
+                raise SerializationError("the payload is not {\"args\": [...], \"kwargs\": {...}}")
+            args, kwargs = task.validate(data.get("args", []), data.get("kwargs", {}))
+        except SerializationError as exc:
+            return self._dead(lease, {"type": "MalformedMessage", "message": str(exc)})
+        except InvalidArguments as exc:
+            return self._dead(lease, {"type": "InvalidArguments", "message": str(exc)})
+        return task, args, kwargs
+
+    def _dead(self, lease: Lease, error: dict[str, Any]) -> Outcome:
+        log.error("job %s (%s) failed: %s", lease.job_id, lease.task, error["message"])
+        now = time.time()
+        return Outcome(lease.job_id, lease.token, "failed", error=error, started_at=now, finished_at=now)
+
+    def _context(self, lease: Lease, state: _Running) -> CurrentJob:
+        def report(fraction: float | None, message: str | None) -> None:
+            now = time.monotonic()
+            if now - state.progress_at >= PROGRESS_EVERY:
+                state.progress_at = now
+                state.pending_progress = None
+                self.broker.progress(lease.job_id, lease.token, fraction, message)
+            else:
+                state.pending_progress = (fraction, message)
+
+        return CurrentJob(lease.job_id, lease.task, lease.queue, lease.attempt, lease.max_attempts,
+                          report, lambda: state.cancelled)
+
+    def _verdict(self, lease: Lease, task: Any, state: _Running, started: float,
+                 result: Any = None, exc: BaseException | None = None) -> Outcome:
+        finished = time.time()
+        if exc is None:
+            try:
+                body = self.app.serializer.dumps(result)
+            except SerializationError as err:
+                self.failed += 1
+                return Outcome(lease.job_id, lease.token, "failed", error=error_info(err, False),
+                               started_at=started, finished_at=finished)
+            self.processed += 1
+            return Outcome(lease.job_id, lease.token, "succeeded", result=body,
+                           started_at=started, finished_at=finished)
+        self.failed += 1
+        info = error_info(exc)
+        if state.cancelled:
+            return Outcome(lease.job_id, lease.token, "cancelled", error=info,
+                           started_at=started, finished_at=finished)
+        if lease.attempt < lease.max_attempts:
+            delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else task.backoff(lease.attempt)
+            log.warning("job %s (%s) attempt %d/%d raised %s: %s; retry in %.1fs", lease.job_id, lease.task,
+                        lease.attempt, lease.max_attempts, info["type"], info["message"], delay)
+            return Outcome(lease.job_id, lease.token, "scheduled", error=info, run_at=finished + delay,
+                           started_at=started, finished_at=finished)
+        log.error("job %s (%s) failed after %d attempt(s): %s: %s", lease.job_id, lease.task,
+                  lease.attempt, info["type"], info["message"])
+        return Outcome(lease.job_id, lease.token, "failed", error=info, started_at=started, finished_at=finished)
+
+    def execute(self, lease: Lease, slot: Slot | None = None, use_alarm: bool = False,
+                loop: asyncio.AbstractEventLoop | None = None) -> Outcome:
+        """Run one leased job to its outcome (never raises, except for interpreter exit)."""
+        decoded = self._decode(lease)
+        if isinstance(decoded, Outcome):
+            self.failed += 1
+            return decoded
+        task, args, kwargs = decoded
+        state = _Running(lease)
+        with self.lock:
+            self.running[lease.job_id] = state
+        token = _current.set(self._context(lease, state))
+        started = time.time()
+        timeout = lease.timeout
+        if slot is not None:
+            slot.start(lease.job_id, lease.token, timeout, self.settings.kill_after)
+        if use_alarm and timeout:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            if task.is_async:
+                coro = task.fn(*args, **kwargs)
+                if timeout:
+                    coro = asyncio.wait_for(coro, timeout)
+                result = (loop.run_until_complete(coro) if loop is not None else asyncio.run(coro))
+            else:
+                result = task.fn(*args, **kwargs)
+        except Exception as exc:
+            outcome = self._verdict(lease, task, state, started, exc=exc)
+        else:
+            outcome = self._verdict(lease, task, state, started, result=result)
+        finally:
+            if use_alarm and timeout:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            if slot is not None:
+                slot.clear()
+            _current.reset(token)
+            with self.lock:
+                self.running.pop(lease.job_id, None)
+            if state.pending_progress is not None:
+                self.broker.progress(lease.job_id, lease.token, *state.pending_progress)
+        return outcome
+
+    # -- heartbeats --------------------------------------------------------------------------
+    def beat(self) -> None:
+        """Extend every held lease and learn which jobs were cancelled or lost."""
+        with self.lock:
+            leases = [(lease.job_id, lease.token) for lease in self.held.values()]
+        if not leases:
+            return
+        result = self.broker.extend(leases, self.settings.lease)
+        with self.lock:
+            for job_id in result.cancel_requested:
+                if job_id in self.running:
+                    self.running[job_id].cancelled = True
+            for job_id in result.lost:
+                if job_id in self.running:
+                    log.warning("job %s: lease lost (another worker may run it now)", job_id)
+
+    def flush_progress(self) -> None:
+        with self.lock:
+            pending = [(s.lease, s.pending_progress) for s in self.running.values() if s.pending_progress]
+            for s in self.running.values():
+                s.pending_progress = None
+        for lease, (fraction, message) in pending:  # type: ignore[misc]
+            self.broker.progress(lease.job_id, lease.token, fraction, message)
+
+
+class Heartbeat(threading.Thread):
+    """Background thread of a consumer: extends leases, flushes throttled progress, reports the
+    worker's heartbeat, and stops the consumer if its supervisor is gone."""
+
+    def __init__(self, runner: Runner, info: WorkerInfo, stop: threading.Event,
+                 parent_pid: int | None = None) -> None:
+        super().__init__(name=f"conveyor-heartbeat-{runner.consumer_id}", daemon=True)
+        self.runner, self.info, self.stop_event, self.parent_pid = runner, info, stop, parent_pid
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        lease_every = min(self.runner.settings.lease / 3.0, 1.0)
+        next_lease = next_info = 0.0
+        while not self.done.wait(0.1):
+            try:
+                now = time.monotonic()
+                self.runner.flush_progress()
+                if now >= next_lease:
+                    next_lease = now + lease_every
+                    self.runner.beat()
+                if now >= next_info:
+                    next_info = now + 5.0
+                    self.report()
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.error("supervisor %d is gone; stopping", self.parent_pid)
+                    self.stop_event.set()
+            except ConveyorError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def report(self) -> None:
+        with self.runner.lock:
+            self.info.current = list(self.runner.running)
+        self.info.rss = rss_bytes()
+        self.info.processed = self.runner.processed
+        self.info.failed = self.runner.failed
+        self.runner.broker.heartbeat(self.info)
+
+
+def worker_info(consumer_id: str, queues: Sequence[str], pool: str, supervisor: str | None) -> WorkerInfo:
+    return WorkerInfo(id=consumer_id, hostname=socket.gethostname(), pid=os.getpid(), queues=list(queues),
+                      started_at=time.time(), supervisor=supervisor, pool=pool)
+
+
+def consume(app: Conveyor, settings: Settings, queues: Sequence[str], consumer_id: str,
+            stop: threading.Event, *, slot: Slot | None = None, use_alarm: bool = False,
+            supervisor: str | None = None, pool: str = "process", parent_pid: int | None = None,
+            max_jobs: int | None = None, max_memory: int | None = None,
+            on_job: Callable[[], None] | None = None) -> int:
+    """The synchronous consumer loop (process and thread pools). Returns an exit code:
+    EXIT_STOPPED when ``stop`` was set, EXIT_RECYCLE when a recycling limit was reached."""
+    broker = app.broker.fork()
+    runner = Runner(app, broker, settings, consumer_id)
+    beat = Heartbeat(runner, worker_info(consumer_id, queues, pool, supervisor), stop, parent_pid)
+    beat.start()
+    loop = asyncio.new_event_loop()
+    pending: list[Outcome] = []
+    first_pending = 0.0
+    done_jobs = 0
+    next_memory_check = 0.0
+    exit_code = EXIT_STOPPED
+
+    def flush() -> None:
+        nonlocal pending
+        if not pending:
+            return
+        batch, pending = pending, []
+        try:
+            accepted = broker.ack(batch)
+        except ConveyorError as exc:
+            log.error("ack of %d job(s) failed (their leases will expire and they will run again): %s",
+                      len(batch), exc)
+            accepted = [True] * len(batch)
+        with runner.lock:
+            for outcome, ok in zip(batch, accepted):
+                runner.held.pop(outcome.job_id, None)
+                if not ok:
+                    log.warning("job %s: ack refused, the lease was lost (stale token %d)",
+                                outcome.job_id, outcome.token)
+
+    try:
+        while not stop.is_set():
+            try:
+                leases = broker.fetch(queues, settings.prefetch, settings.lease, consumer_id)
+            except ConveyorError as exc:
+                log.error("fetch failed: %s; retrying in 1s", exc)
+                stop.wait(1.0)
+                continue
+            if not leases:
+                flush()
+                broker.wait(queues, 0.5)
+                continue
+            with runner.lock:
+                runner.held.update((lease.job_id, lease) for lease in leases)
+            for i, lease in enumerate(leases):
+                if stop.is_set() or exit_code == EXIT_RECYCLE:
+                    handed = [Outcome(rest.job_id, rest.token, "queued") for rest in leases[i:]]
+                    pending.extend(handed)
+                    break
+                if pending and time.monotonic() - first_pending > ACK_DELAY:
+                    flush()
+                outcome = runner.execute(lease, slot=slot, use_alarm=use_alarm, loop=loop)
+                if not pending:
+                    first_pending = time.monotonic()
+                pending.append(outcome)
+                if len(pending) >= ACK_BATCH:
+                    flush()
+                done_jobs += 1
+                if on_job is not None:
+                    on_job()
+                if max_jobs and done_jobs >= max_jobs:
+                    log.info("recycling after %d jobs (max_jobs_per_child)", done_jobs)
+                    exit_code = EXIT_RECYCLE
+                if max_memory and time.monotonic() >= next_memory_check:
+                    next_memory_check = time.monotonic() + 0.5
+                    if rss_bytes() > max_memory * 1024 * 1024:
+                        log.info("recycling at %d MB RSS (max_memory %d MB)", rss_bytes() >> 20, max_memory)
+                        exit_code = EXIT_RECYCLE
+            flush()
+            if exit_code == EXIT_RECYCLE:
+                break
+    finally:
+        flush()
+        beat.done.set()
+        beat.join(timeout=2)
+        try:
+            broker.unregister(consumer_id)
+        except ConveyorError:
+            pass
+        loop.close()
+    return exit_code
+
+
+def consume_async(app: Conveyor, settings: Settings, queues: Sequence[str], consumer_id: str,
+                  stop: threading.Event, *, slots: Sequence[Slot], supervisor: str | None = None,
+                  parent_pid: int | None = None, concurrency: int = 10) -> int:
+    """The asyncio consumer: one event loop running up to ``concurrency`` jobs at once.
+
+    ``async def`` tasks run on the loop (their timeout cancels them with TimeoutError); plain
+    functions run in the loop's thread pool so they never block it.
+    """
+    broker = app.broker.fork()
+    runner = Runner(app, broker, settings, consumer_id)
+    beat = Heartbeat(runner, worker_info(consumer_id, queues, "async", supervisor), stop, parent_pid)
+    beat.start()
+    free_slots = list(slots)
+
+    async def run_one(lease: Lease) -> Outcome:
+        decoded = runner._decode(lease)
+        if isinstance(decoded, Outcome):
+            runner.failed += 1
+            return decoded
+        task, args, kwargs = decoded
+        state = _Running(lease)
+        with runner.lock:
+            runner.running[lease.job_id] = state
+        slot = free_slots.pop()
+        slot.start(lease.job_id, lease.token, lease.timeout, settings.kill_after)
+        token = _current.set(runner._context(lease, state))
+        started = time.time()
+        try:
+            if task.is_async:
+                call = task.fn(*args, **kwargs)
+            else:
+                call = asyncio.get_running_loop().run_in_executor(None, lambda: task.fn(*args, **kwargs))
+            result = await (asyncio.wait_for(call, lease.timeout) if lease.timeout else call)
+        except Exception as exc:
+            return runner._verdict(lease, task, state, started, exc=exc)
+        else:
+            return runner._verdict(lease, task, state, started, result=result)
+        finally:
+            slot.clear()
+            free_slots.append(slot)
+            _current.reset(token)
+            with runner.lock:
+                runner.running.pop(lease.job_id, None)
+            if state.pending_progress is not None:
+                await asyncio.to_thread(broker.progress, lease.job_id, lease.token, *state.pending_progress)
+
+    async def main() -> None:
+        inflight: set[asyncio.Task[Outcome]] = set()
+        done_outcomes: list[Outcome] = []
+
+        async def flush() -> None:
+            if not done_outcomes:
+                return
+            batch = list(done_outcomes)
+            done_outcomes.clear()
+            try:
+                await asyncio.to_thread(broker.ack, batch)
+            except ConveyorError as exc:
+                log.error("ack of %d job(s) failed: %s", len(batch), exc)
+            with runner.lock:
+                for o in batch:
+                    runner.held.pop(o.job_id, None)
+
+        def collect(finished: set[asyncio.Task[Outcome]]) -> None:
+            for t in finished:
+                inflight.discard(t)
+                done_outcomes.append(t.result())
+
+        while not stop.is_set():
+            room = concurrency - len(inflight)
+            leases: list[Lease] = []
+            if room > 0:
+                try:
+                    leases = await asyncio.to_thread(broker.fetch, queues, room, settings.lease, consumer_id)
+                except ConveyorError as exc:
+                    log.error("fetch failed: %s; retrying in 1s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+            with runner.lock:
+                runner.held.update((lease.job_id, lease) for lease in leases)
+            for lease in leases:
+                inflight.add(asyncio.ensure_future(run_one(lease)))
+            if inflight:
+                finished, _ = await asyncio.wait(inflight, timeout=0.05 if len(inflight) < concurrency else None,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                collect(finished)
+                await flush()
+            else:
+                await flush()
+                await asyncio.to_thread(broker.wait, queues, 0.5)
+        if inflight:
+            finished, _ = await asyncio.wait(inflight)
+            collect(finished)
+        await flush()
+
+    try:
+        asyncio.run(main())
+    finally:
+        beat.done.set()
+        beat.join(timeout=2)
+        try:
+            broker.unregister(consumer_id)
+        except ConveyorError:
+            pass
+    return EXIT_STOPPED

@@ -1,0 +1,232 @@
+"""The worker supervisor: spawns the pool, watches it, and shuts down without losing work.
+
+It never runs jobs itself. It restarts crashed members with back-off, replaces recycled ones at
+once, hard-kills a job past ``timeout + kill_after`` (recording it as timed out), hands back the
+jobs of a member that died, recovers expired leases of any worker, and prunes old jobs.
+On SIGTERM or SIGINT it stops fetching, gives running jobs ``grace`` seconds, hands back the
+rest and exits 0; a second signal stops at once, still handing jobs back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import uuid_utils
+
+from ..brokers import Outcome
+from ..errors import ConfigError, ConveyorError
+from .pools import POOLS, Member, ProcessMember, ThreadMember
+from .runner import EXIT_RECYCLE, EXIT_STOPPED
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+    from ..config import Settings
+
+log = logging.getLogger("conveyor.worker")
+
+MAINTENANCE_EVERY = 1.0
+PRUNE_EVERY = 60.0
+BACKOFF_MAX = 30.0
+
+
+class Supervisor:
+    """Runs a pool of consumers for ``app`` until stopped.
+
+    Args:
+        app: the application whose tasks the pool runs.
+        settings: worker settings (pool, concurrency, queues, limits).
+    """
+
+    def __init__(self, app: Conveyor, settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings or app.settings
+        s = self.settings
+        if s.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, not {s.pool!r}")
+        if s.concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, not {s.concurrency}")
+        if s.pool != "thread" and not app.broker.shared_between_processes:
+            raise ConfigError(f"the {app.broker.scheme}:// broker lives in one process: use --pool thread")
+        self.queues: list[str] = list(s.queues or app.queues)
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid_utils.uuid7().hex[-6:]}"
+        self.members: dict[int, Member] = {}
+        self.generation = 0
+        self.failures: dict[int, int] = {}
+        self.restart_at: dict[int, float] = {}
+        self.stopping = threading.Event()
+        self.forced = threading.Event()
+        self.broker = app.broker.fork()
+
+    # -- members -----------------------------------------------------------------------------
+    def _spawn(self, index: int) -> None:
+        self.generation += 1
+        consumer_id = f"{self.id}/{index}.{self.generation}"
+        s = self.settings
+        member: Member
+        if s.pool == "thread":
+            member = ThreadMember(index, consumer_id, self.app, s, self.queues, self.id)
+        else:
+            member = ProcessMember(index, consumer_id, self.app, s, self.queues, self.id, s.pool)
+        member.start()
+        self.members[index] = member
+        log.debug("started %s member %d (pid %d)", s.pool, index, member.pid)
+
+    def _size(self) -> int:
+        return 1 if self.settings.pool == "async" else self.settings.concurrency
+
+    def _reap(self, index: int, member: Member) -> None:
+        """A member ended: hand back its jobs and schedule its replacement."""
+        code = member.exitcode
+        released = self._release(member, f"worker process {member.pid} exited with code {code}")
+        del self.members[index]
+        if self.stopping.is_set():
+            return
+        if code in (EXIT_RECYCLE, EXIT_STOPPED):
+            self.failures[index] = 0
+            self.restart_at[index] = 0.0
+            log.info("member %d recycled (pid %d)", index, member.pid)
+            return
+        n = self.failures.get(index, 0) + 1
+        self.failures[index] = n if time.monotonic() - member.started < 60 else 1
+        delay = min(BACKOFF_MAX, 0.5 * 2 ** (self.failures[index] - 1))
+        self.restart_at[index] = time.monotonic() + delay
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        log.error("member %d (pid %d) died (%s); %d job(s) handed back; restarting in %.1fs",
+                  index, member.pid, how, released, delay)
+
+    def _release(self, member: Member, reason: str) -> int:
+        try:
+            return self.broker.release(member.consumer_id, reason)
+        except ConveyorError as exc:
+            log.error("could not hand back jobs of %s (they return when their leases expire): %s",
+                      member.consumer_id, exc)
+            return 0
+
+    def _watchdog(self) -> None:
+        now = time.time()
+        for index, member in list(self.members.items()):
+            for slot in member.slots:
+                seen = slot.read()
+                if seen is None:
+                    continue
+                job_id, token, soft, hard = seen
+                if now >= hard:
+                    self._hard_kill(index, member, job_id, token, hard - soft)
+                    break
+                if now >= soft:
+                    member.soft_timeout(slot)
+
+    def _hard_kill(self, index: int, member: Member, job_id: str, token: int, kill_after: float) -> None:
+        record = self.broker.get(job_id)
+        timeout = record.timeout if record and record.timeout else 0.0
+        log.error("job %s still running %.1fs past its %.1fs timeout: killing pool member %d (pid %d)",
+                  job_id, kill_after, timeout, index, member.pid)
+        member.kill()
+        member.join(5.0)
+        now = time.time()
+        error = {"type": "TimeoutError",
+                 "message": f"hard time limit: the job ran past its {timeout:g}s timeout and did not stop "
+                            f"within {kill_after:g}s, so its worker was killed"}
+        retry = record is not None and record.attempts < record.max_attempts
+        task = self.app.tasks.get(record.task) if record else None
+        delay = task.backoff(record.attempts) if (task and record) else 1.0
+        outcome = Outcome(job_id, token, "scheduled" if retry else "failed", error=error,
+                          run_at=now + delay if retry else None, started_at=None, finished_at=now)
+        try:
+            self.broker.ack([outcome])
+        except ConveyorError as exc:
+            log.error("could not record the timeout of job %s: %s", job_id, exc)
+        if index in self.members:
+            self._reap(index, member)
+            self.failures[index] = 0
+            self.restart_at[index] = 0.0
+
+    # -- main loop ---------------------------------------------------------------------------
+    def _signal(self, signum: int, frame: Any) -> None:
+        if self.stopping.is_set():
+            log.warning("second %s: stopping now, handing running jobs back", signal.Signals(signum).name)
+            self.forced.set()
+        else:
+            log.info("%s: finishing running jobs (grace %.0fs), then exiting; send again to stop now",
+                     signal.Signals(signum).name, self.settings.grace)
+            self.stopping.set()
+
+    def run(self, install_signals: bool = True) -> int:
+        """Run until stopped. Returns the process exit code (0 after a clean shutdown)."""
+        self.broker.open()
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._signal)
+            signal.signal(signal.SIGINT, self._signal)
+        s = self.settings
+        log.info("conveyor worker %s: %s pool x %d, queues %s, broker %s", self.id, s.pool, s.concurrency,
+                 ",".join(self.queues), s.url.split("://", 1)[0] + "://")
+        for i in range(self._size()):
+            self._spawn(i)
+        next_maintenance = next_prune = 0.0
+        while not self.stopping.is_set():
+            for index, member in list(self.members.items()):
+                if not member.alive():
+                    self._reap(index, member)
+            for index, when in list(self.restart_at.items()):
+                if time.monotonic() >= when and index not in self.members:
+                    del self.restart_at[index]
+                    self._spawn(index)
+            self._watchdog()
+            now = time.monotonic()
+            try:
+                if now >= next_maintenance:
+                    next_maintenance = now + MAINTENANCE_EVERY
+                    recovered = self.broker.recover()
+                    if recovered:
+                        log.warning("recovered %d job(s) whose lease expired", recovered)
+                if now >= next_prune:
+                    next_prune = now + PRUNE_EVERY
+                    pruned = self.broker.prune(s.retention)
+                    if pruned:
+                        log.info("pruned %d finished job(s) older than %.0fs", pruned, s.retention)
+            except ConveyorError as exc:
+                log.error("maintenance failed: %s", exc)
+            self.stopping.wait(0.1)
+        return self._shutdown()
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown (what SIGTERM does)."""
+        self.stopping.set()
+
+    def _shutdown(self) -> int:
+        members = list(self.members.items())
+        for _, member in members:
+            member.stop()
+        deadline = time.monotonic() + self.settings.grace
+        while not self.forced.is_set() and time.monotonic() < deadline:
+            if not any(m.alive() for _, m in members):
+                break
+            self._watchdog()
+            self.forced.wait(0.05)
+        for _, member in members:
+            if member.alive():
+                log.warning("pool member %d (pid %d) still busy: killing it and handing its jobs back",
+                            member.index, member.pid)
+                member.kill()
+        for _, member in members:
+            member.join(5.0)
+            self._release(member, "the worker shut down before the job finished")
+        self.members.clear()
+        self.broker.close()
+        log.info("conveyor worker %s stopped", self.id)
+        return 0
+
+
+def run_worker(app: Conveyor, settings: Settings | None = None, queues: Sequence[str] | None = None) -> int:
+    """Run a worker for ``app`` in this process until SIGTERM/SIGINT; returns the exit code."""
+    s = settings or app.settings
+    if queues:
+        s = s.replace(queues=list(queues))
+    return Supervisor(app, s).run()
