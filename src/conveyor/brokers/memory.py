@@ -88,9 +88,12 @@ class MemoryBroker(Broker):
                 self._push_ready(job)
 
     def _lose(self, job: JobRecord, now: float, error: dict[str, object]) -> None:
-        """A running job whose worker is gone: back to the queue, or failed when out of attempts."""
+        """A running job whose worker is gone: back to the queue, or failed when out of attempts
+        (cancelled instead when its cancellation was requested: it must not run again)."""
         job.history.append({"attempt": job.attempts, "at": now, "state": "lost", "error": error})
-        if job.attempts >= job.max_attempts:
+        if job.cancel_requested:
+            self._settle(job, "cancelled", now)
+        elif job.attempts >= job.max_attempts:
             job.error = dict(error)
             self._settle(job, "failed", now)
         else:
@@ -104,6 +107,9 @@ class MemoryBroker(Broker):
             for m in messages:
                 if m.key is not None and m.key in self._keys:
                     ids.append(self._keys[m.key])
+                    continue
+                if m.id in self._jobs:  # enqueued before: never overwrite a job
+                    ids.append(m.id)
                     continue
                 scheduled = m.run_at is not None and m.run_at > now
                 job = JobRecord(
@@ -173,9 +179,12 @@ class MemoryBroker(Broker):
                 if job is None:
                     accepted.append(False)
                     continue
+                state = o.state
+                if job.cancel_requested and state in ("queued", "scheduled"):
+                    state = "cancelled"  # its cancellation was requested: never queue it again
                 if o.state == "queued":  # handed back unstarted: not an attempt
                     job.attempts -= 1
-                    self._settle(job, "queued", now)
+                    self._settle(job, state, now)
                     accepted.append(True)
                     continue
                 job.started_at = o.started_at or job.started_at
@@ -186,10 +195,10 @@ class MemoryBroker(Broker):
                 if o.state != "succeeded":
                     job.history.append({"attempt": job.attempts, "at": o.finished_at or now,
                                         "state": o.state, "error": o.error})
-                if o.state == "scheduled":
+                if state == "scheduled":
                     job.run_at = o.run_at if o.run_at is not None else now
-                self._settle(job, o.state, now)
-                if o.finished_at is not None and o.state in TERMINAL_STATES:
+                self._settle(job, state, now)
+                if o.finished_at is not None and state in TERMINAL_STATES:
                     job.finished_at = o.finished_at
                 accepted.append(True)
             self._lock.notify_all()
@@ -300,10 +309,14 @@ class MemoryBroker(Broker):
         return sum(self.delete(j) for j in doomed)
 
     def prune(self, older_than: float) -> int:
-        cutoff = self.clock() - older_than
+        now = self.clock()
+        cutoff = now - older_than
         with self._lock:
             doomed = [j.id for j in self._jobs.values() if j.state in ("succeeded", "cancelled")
                       and j.finished_at is not None and j.finished_at < cutoff]
+            quiet = now - max(older_than, 3600.0)  # as the SQLite store: forget long-silent workers
+            for worker_id in [w.id for w in self._workers.values() if w.last_seen < quiet]:
+                del self._workers[worker_id]
         return sum(self.delete(j) for j in doomed)
 
     # -- store queries -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import groupby
 from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
@@ -131,25 +132,29 @@ class SQLiteBroker(Broker):
     # -- moving jobs -------------------------------------------------------------------------
     def enqueue(self, messages: Sequence[Message]) -> list[str]:
         now = self.clock()
-        rows, keyed = [], []
+        rows = []
         for m in messages:
             scheduled = m.run_at is not None and m.run_at > now
-            row = (m.id, m.task, m.queue, "scheduled" if scheduled else "queued", m.priority, m.payload,
-                   m.key, m.max_attempts, m.timeout, m.created_at or now,
-                   m.run_at if scheduled else now, now)
-            (keyed if m.key is not None else rows).append(row)
+            rows.append((m.id, m.task, m.queue, "scheduled" if scheduled else "queued", m.priority,
+                         m.payload, m.key, m.max_attempts, m.timeout, m.created_at or now,
+                         m.run_at if scheduled else now, now))
         ids = {}
         with self._write() as conn:
-            if rows:
-                conn.executemany(Q["insert"], rows)
-            for row in keyed:
-                if conn.execute(Q["insert"], row).rowcount == 0:
-                    found = conn.execute(Q["id_by_key"], (row[6],)).fetchone()
-                    if found:
-                        ids[row[0]] = found[0]
+            # Inserted in message order (seq is the FIFO order); runs without keys in one call.
+            for has_key, run in groupby(rows, key=lambda row: row[6] is not None):
+                if not has_key:
+                    conn.executemany(Q["insert"], run)
+                    continue
+                for row in run:
+                    if conn.execute(Q["insert"], row).rowcount == 0:
+                        found = conn.execute(Q["id_by_key"], (row[6],)).fetchone()
+                        if found:
+                            ids[row[0]] = found[0]
         return [ids.get(m.id, m.id) for m in messages]
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        if limit <= 0:  # LIMIT -1 would mean "no limit" to SQLite
+            return []
         now = self.clock()
         out: list[tuple[Any, ...]] = []
         with self._write() as conn:
@@ -192,7 +197,12 @@ class SQLiteBroker(Broker):
         now = self.clock()
         with self._write() as conn:
             current = self._current(conn, [(o.job_id, o.token) for o in outcomes])
-            accepted = [(o.job_id, o.token) in current for o in outcomes]
+            accepted, settled = [], set()
+            for o in outcomes:  # a lease is settled once, even if it comes twice in one batch
+                ok = (o.job_id, o.token) in current and o.job_id not in settled
+                accepted.append(ok)
+                if ok:
+                    settled.add(o.job_id)
             wins = [o for o, ok in zip(outcomes, accepted) if ok]
             conn.executemany(Q["succeed"], [
                 (o.result, o.started_at, o.finished_at or now, now, o.job_id, o.token)

@@ -74,18 +74,25 @@ SET state = 'succeeded', result = ?, started_at = coalesce(?, started_at), finis
 WHERE id = ? AND token = ? AND state = 'running'
 
 -- name: settle
+-- A job whose cancellation was requested is never queued again: its retry cancels it instead.
 UPDATE conveyor_jobs
-SET state = :state, result = coalesce(:result, result), error = coalesce(:error, error),
+SET state = CASE WHEN cancel_requested AND :state = 'scheduled' THEN 'cancelled' ELSE :state END,
+    result = coalesce(:result, result), error = coalesce(:error, error),
     started_at = coalesce(:started_at, started_at),
-    finished_at = CASE WHEN :state IN ('failed', 'cancelled') THEN :finished_at ELSE finished_at END,
-    run_at = CASE WHEN :state = 'scheduled' THEN :run_at ELSE :now END,
+    finished_at = CASE WHEN :state IN ('failed', 'cancelled') OR cancel_requested THEN :finished_at
+                       ELSE finished_at END,
+    run_at = CASE WHEN :state = 'scheduled' AND NOT cancel_requested THEN coalesce(:run_at, :now)
+                  ELSE run_at END,
     history = json_insert(coalesce(history, '[]'), '$[#]', json_set(json(:entry), '$.attempt', attempts)),
     updated_at = :now, lease_until = NULL, consumer = NULL
 WHERE id = :id AND token = :token AND state = 'running'
 
 -- name: hand_back
 UPDATE conveyor_jobs
-SET state = 'queued', attempts = attempts - 1, run_at = :now, updated_at = :now, lease_until = NULL, consumer = NULL
+SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, attempts = attempts - 1,
+    finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
+    run_at = CASE WHEN cancel_requested THEN run_at ELSE :now END,
+    updated_at = :now, lease_until = NULL, consumer = NULL
 WHERE id = :id AND token = :token AND state = 'running'
 
 -- name: current_tokens
@@ -99,13 +106,15 @@ UPDATE conveyor_jobs SET progress = :fraction, progress_message = :message, upda
 WHERE id = :id AND token = :token AND state = 'running'
 
 -- name: lose
+-- Back to the queue; failed when out of attempts; cancelled when its cancellation was requested.
 UPDATE conveyor_jobs
-SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-    error = CASE WHEN attempts >= max_attempts THEN :error ELSE error END,
-    finished_at = CASE WHEN attempts >= max_attempts THEN :now ELSE NULL END,
+SET state = CASE WHEN cancel_requested THEN 'cancelled' WHEN attempts >= max_attempts THEN 'failed'
+                 ELSE 'queued' END,
+    error = CASE WHEN NOT cancel_requested AND attempts >= max_attempts THEN :error ELSE error END,
+    finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN :now ELSE NULL END,
     history = json_insert(coalesce(history, '[]'), '$[#]',
                           json_object('attempt', attempts, 'at', :now, 'state', 'lost', 'error', json(:error))),
-    run_at = :now, updated_at = :now, lease_until = NULL, consumer = NULL
+    run_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN run_at ELSE :now END, updated_at = :now, lease_until = NULL, consumer = NULL
 WHERE state = 'running' AND {where}
 
 -- name: cancel_waiting
