@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 APP = "conveyor.demo_tasks:app"
@@ -18,7 +19,7 @@ def _enqueue_samples(n: int) -> list[Any]:
     from . import demo_tasks as t
 
     jobs: list[Any] = []
-    kinds = [
+    kinds: list[Callable[[int], Any]] = [
         lambda i: t.transcode.enqueue(f"holiday-{i}.mov", seconds=2.0 + (i % 3)),
         lambda i: t.send_email.enqueue(f"user{i}@example.com"),
         lambda i: t.import_batch.enqueue(i),

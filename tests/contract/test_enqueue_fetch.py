@@ -136,9 +136,10 @@ def test_fetch_from_an_empty_or_unknown_queue(broker: Broker, make: Make) -> Non
     assert fetch(broker, ["nowhere"]) == []
 
 
-def test_fetch_with_limit_zero_leases_nothing(broker: Broker, make: Make) -> None:
+def test_fetch_with_limit_zero_or_less_leases_nothing(broker: Broker, make: Make) -> None:
     broker.enqueue([make()])
     assert fetch(broker, limit=0) == []
+    assert fetch(broker, limit=-1) == []
     assert len(fetch(broker)) == 1
 
 

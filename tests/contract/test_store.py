@@ -255,3 +255,12 @@ def test_unregister_removes_the_worker(broker: Broker, clock: FakeClock) -> None
     assert [w.id for w in broker.workers()] == ["w2"]
     broker.unregister("never-seen")
     assert [w.id for w in broker.workers()] == ["w2"]
+
+
+def test_prune_forgets_workers_silent_for_over_an_hour(broker: Broker, clock: FakeClock) -> None:
+    broker.heartbeat(worker(clock, "gone"))
+    clock.advance(1800)
+    broker.heartbeat(worker(clock, "recent"))
+    clock.advance(1801)
+    broker.prune(older_than=60)
+    assert [w.id for w in broker.workers(max_age=10**6)] == ["recent"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from ..errors import JobNotFound
@@ -87,7 +87,7 @@ class MemoryBroker(Broker):
                 job.updated_at = now
                 self._push_ready(job)
 
-    def _lose(self, job: JobRecord, now: float, error: dict[str, object]) -> None:
+    def _lose(self, job: JobRecord, now: float, error: Mapping[str, object]) -> None:
         """A running job whose worker is gone: back to the queue, or failed when out of attempts
         (cancelled instead when its cancellation was requested: it must not run again)."""
         job.history.append({"attempt": job.attempts, "at": now, "state": "lost", "error": error})

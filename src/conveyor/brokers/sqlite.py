@@ -19,9 +19,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from itertools import groupby
 from dataclasses import asdict
 from importlib.resources import files
+from itertools import groupby
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -338,7 +338,8 @@ class SQLiteBroker(Broker):
 
     def list_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
                   limit: int = 50, cursor: str | None = None) -> JobPage:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for column, value in (("state", state), ("queue", queue), ("task", task)):
             if value is not None:
                 where.append(f"{column} = ?")
