@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from .brokers import Broker, from_url
 from .config import Settings, load_settings
@@ -13,6 +13,15 @@ from .serializer import Serializer, get_serializer
 from .task import BackoffSpec, P, R, Task
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns: registers a function (an ``async def`` too) as a task."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
 class Conveyor:
@@ -72,9 +81,10 @@ class Conveyor:
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
     @overload
-    def task(self, *, name: str | None = None, queue: str = "default", retries: int | None = None,
+    def task(self, fn: None = None, /, *, name: str | None = None, queue: str = "default",
+             retries: int | None = None,
              backoff: BackoffSpec = None, timeout: float | None = None,
-             priority: int = 0) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+             priority: int = 0) -> TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
              queue: str = "default", retries: int | None = None, backoff: BackoffSpec = None,
@@ -119,6 +129,9 @@ class Conveyor:
         """Enqueue a task by name (for callers without its code object); options as in
         :meth:`Task.options`. Raises UnknownTask, InvalidArguments or PayloadTooLarge."""
         task = self.get_task(name)
+        if isinstance(args, (str, bytes)) or isinstance(kwargs, (str, bytes)):
+            # list("in.mov") would silently become one argument per character
+            raise TypeError(f"args must be a list and kwargs a dict, not {type(args or kwargs).__name__}")
         msg = task.message(list(args or ()), dict(kwargs or {}), options)
         (job_id,) = self.broker.enqueue([msg])
         return Job(self, job_id, task)

@@ -21,7 +21,7 @@ from .errors import ConfigError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 ENV_PREFIX = "CONVEYOR_"
 
@@ -36,11 +36,13 @@ class Settings:
 
     url: str = field(default="sqlite:///conveyor.db", metadata={"help": "broker URL"})
     store: str | None = field(default=None, metadata={"help": "job store URL when the broker has none"})
-    queues: list[str] | None = field(default=None, metadata={"help": "queues a worker consumes (default: all of the app's)"})
+    queues: list[str] | None = field(default=None,
+                                     metadata={"help": "queues a worker consumes (default: all of the app's)"})
     concurrency: int = field(default_factory=_cpus, metadata={"help": "pool size (processes, threads or coroutines)"})
     pool: Literal["process", "thread", "async"] = field(default="process", metadata={"help": "worker pool kind"})
     prefetch: int = field(default=32, metadata={"help": "jobs a consumer leases in one fetch"})
-    max_jobs_per_child: int | None = field(default=None, metadata={"help": "recycle a pool process after this many jobs"})
+    max_jobs_per_child: int | None = field(default=None,
+                                           metadata={"help": "recycle a pool process after this many jobs"})
     max_memory: int | None = field(default=None, metadata={"help": "recycle a pool process above this RSS (MB)"})
     grace: float = field(default=30.0, metadata={"help": "seconds running jobs get to finish on SIGTERM"})
     lease: float = field(default=10.0, metadata={"help": "lease length in seconds (extended by heartbeats)"})
@@ -77,6 +79,11 @@ class Settings:
 _FIELDS = {f.name: f for f in fields(Settings) if not f.name.startswith("_")}
 _HINTS = get_type_hints(Settings)
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {}
+# Lowest sensible value of the numeric settings (a pool of 0, a negative lease… are typos).
+_MINIMUM: dict[str, float] = {
+    "concurrency": 1, "prefetch": 1, "max_jobs_per_child": 1, "max_memory": 1, "grace": 0, "lease": 0,
+    "kill_after": 0, "retries": 0, "max_payload": 1, "retention": 0,
+}
 
 
 def _convert(name: str, value: Any, source: str) -> Any:
@@ -90,10 +97,16 @@ def _convert(name: str, value: Any, source: str) -> Any:
     elif isinstance(value, str) and value.strip().lower() in ("", "none") and "None" in str(_HINTS[name]):
         value = None
     try:
-        return adapter.validate_python(value)
+        converted = adapter.validate_python(value)
     except ValidationError as exc:
         msg = exc.errors()[0]["msg"]
         raise ConfigError(f"bad value {value!r} for setting {name!r} (from {source}): {msg}") from None
+    low = _MINIMUM.get(name)
+    if low is not None and converted is not None and converted < low:
+        raise ConfigError(f"bad value {value!r} for setting {name!r} (from {source}): must be >= {low}")
+    if name == "lease" and converted <= 0:
+        raise ConfigError(f"bad value {value!r} for setting {name!r} (from {source}): must be > 0")
+    return converted
 
 
 def _file_settings(folder: Path) -> tuple[dict[str, Any], str | None]:

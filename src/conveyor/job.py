@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from .brokers import TERMINAL_STATES, JobRecord
 from .errors import JobCancelled, JobFailed, JobNotFound
@@ -154,9 +154,11 @@ class Job(Generic[R]):
             raise JobCancelled(self.id, record.state, record.error)
         if record.state == "failed":
             raise JobFailed(self.id, record.state, record.error)
-        value = None if record.result is None else self.app.serializer.loads(record.result)
+        value: Any = None if record.result is None else self.app.serializer.loads(record.result)
         task = self._task or self.app.tasks.get(record.task)
-        return task.decode_result(value) if task is not None else value  # type: ignore[no-any-return]
+        if task is not None:
+            value = task.decode_result(value)
+        return cast(R, value)
 
     def cancel(self) -> str:
         """Cancel the job: at once if it waits; a running job is asked to stop (its task sees

@@ -18,7 +18,13 @@ def _default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return list(value)
     if isinstance(value, bytes):
-        return value.decode("latin-1")
+        # As UTF-8 text, which is what validation turns a str back into for a ``bytes`` parameter;
+        # any other encoding would come back altered, so other bytes are refused, not corrupted.
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TypeError("bytes that are not UTF-8 cannot travel as JSON: "
+                            "base64-encode them or use the pickle serializer") from None
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
@@ -42,7 +48,8 @@ class JSONSerializer:
         try:
             return orjson.dumps(value, default=_default, option=self._options)
         except (TypeError, orjson.JSONEncodeError) as exc:
-            raise SerializationError(f"cannot encode as JSON: {exc}") from None
+            # orjson chains what ``_default`` raised, which says more than its own message.
+            raise SerializationError(f"cannot encode as JSON: {exc.__cause__ or exc}") from None
 
     def loads(self, data: bytes) -> Any:
         try:

@@ -35,9 +35,20 @@ class Backoff:
     cap: float = 3600.0
     jitter: float = 0.5
 
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.cap < 0:
+            raise ConfigError(f"backoff base and cap must be >= 0 seconds, not {self.base} and {self.cap}")
+        if self.factor < 1:
+            raise ConfigError(f"backoff factor must be >= 1, not {self.factor}")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ConfigError(f"backoff jitter must be a fraction within 0..1, not {self.jitter}")
+
     def delay(self, attempt: int) -> float:
         """Seconds to wait before the retry that follows failed attempt number ``attempt`` (1-based)."""
-        raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        try:
+            raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        except OverflowError:  # factor**n beyond a float: far past any cap
+            raw = self.cap if self.base > 0 else 0.0
         return raw * (1.0 - self.jitter * random.random())
 
 
@@ -195,7 +206,8 @@ class Task(Generic[P, R]):
                 hint = typing.get_type_hints(self.fn).get("return", Any)
             except Exception:
                 hint = Any
-            if inspect.iscoroutinefunction(self.fn) or hint in (Any, type(None), None):
+            # For an ``async def`` the hint is already the awaited type.
+            if hint in (Any, type(None), None):
                 return value
             self._result_adapter = pydantic.TypeAdapter(hint)
         try:
@@ -220,15 +232,17 @@ class Task(Generic[P, R]):
 
     def message(self, args: Sequence[Any], kwargs: Mapping[str, Any], options: Mapping[str, Any]) -> Message:
         """Validate and serialize one call into a broker :class:`Message`."""
-        bad = set(options) - _OPTION_NAMES
-        if bad:
-            raise TypeError(f"unknown enqueue option(s) {sorted(bad)}; known: {sorted(_OPTION_NAMES)}")
+        _check_option_names(options)
         vargs, vkwargs = self.validate(args, kwargs)
-        payload = self.app.serializer.dumps({"args": vargs, "kwargs": vkwargs})
+        # A list, not the validator's tuple: pickle would keep the tuple, and a worker reads
+        # anything but {"args": [...], "kwargs": {...}} as a malformed message.
+        payload = self.app.serializer.dumps({"args": list(vargs), "kwargs": vkwargs})
         limit = self.app.settings.max_payload
         if len(payload) > limit:
             raise PayloadTooLarge(self.name, len(payload), limit)
         now = time.time()
+        if options.get("at") is not None and options.get("delay") is not None:
+            raise ValueError("give delay or at, not both")
         run_at = _timestamp(options.get("at"))
         delay = _seconds(options.get("delay"), "delay")
         if delay:
@@ -237,10 +251,14 @@ class Task(Generic[P, R]):
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, not {retries!r}")
         timeout = _seconds(options.get("timeout"), "timeout") if "timeout" in options else self.timeout
+        if timeout is not None and timeout <= 0:  # the worker would read 0 as "no limit"
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
         priority = options.get("priority", self.priority)
         if not isinstance(priority, int):
             raise ValueError(f"priority must be an int, not {priority!r}")
-        queue = options.get("queue") or self.queue
+        queue = self.queue if options.get("queue") is None else options["queue"]
+        if not queue or not isinstance(queue, str):
+            raise ValueError(f"queue must be a non-empty string, not {queue!r}")
         key = options.get("key")
         if key is not None and not isinstance(key, str):
             key = str(key)
@@ -248,6 +266,12 @@ class Task(Generic[P, R]):
             id=str(uuid_utils.uuid7()), task=self.name, queue=queue, payload=payload, priority=priority,
             run_at=run_at, key=key, max_attempts=retries + 1, timeout=timeout, created_at=now,
         )
+
+
+def _check_option_names(options: Mapping[str, Any]) -> None:
+    bad = set(options) - _OPTION_NAMES
+    if bad:
+        raise TypeError(f"unknown enqueue option(s) {sorted(bad)}; known: {sorted(_OPTION_NAMES)}")
 
 
 def _split_call(item: Any) -> tuple[Sequence[Any], Mapping[str, Any]]:
@@ -265,6 +289,7 @@ class TaskCall(Generic[P, R]):
     """A task with per-call options bound, as returned by :meth:`Task.options`."""
 
     def __init__(self, task: Task[P, R], options: Mapping[str, Any]) -> None:
+        _check_option_names(options)  # a typo fails at .options(), not later at enqueue
         self.task = task
         self.opts = dict(options)
 

@@ -1,0 +1,58 @@
+"""Choosing a broker by URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor.brokers import broker_class, from_url
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.brokers.sqlite import SQLiteBroker
+from conveyor.errors import BrokerError
+
+
+def test_memory() -> None:
+    broker = from_url("memory://")
+    assert isinstance(broker, MemoryBroker)
+    assert broker.fork() is broker
+
+
+def test_sqlite_is_not_opened_until_used(tmp_path: Path) -> None:
+    broker = from_url(f"sqlite:///{tmp_path}/jobs.db?synchronous=normal&busy_timeout=2")
+    assert isinstance(broker, SQLiteBroker)
+    assert not (tmp_path / "jobs.db").exists()
+
+
+def test_scheme_is_case_insensitive() -> None:
+    assert broker_class("MEMORY://") is MemoryBroker
+
+
+def test_unknown_scheme_lists_known_schemes() -> None:
+    with pytest.raises(BrokerError, match=r"no broker for scheme 'kafka'.*known: .*memory.*sqlite"):
+        from_url("kafka://localhost:9092")
+
+
+def test_url_without_scheme() -> None:
+    with pytest.raises(BrokerError, match="has no scheme"):
+        from_url("conveyor.db")
+
+
+@pytest.mark.parametrize("url", ["sqlite://relative", "sqlite://", "sqlite:///"])
+def test_sqlite_without_a_path(url: str) -> None:
+    with pytest.raises(BrokerError, match="needs a path"):
+        from_url(url)
+
+
+def test_sqlite_unknown_option() -> None:
+    with pytest.raises(BrokerError, match=r"unknown SQLite URL option\(s\) \['colour'\]"):
+        from_url("sqlite:///jobs.db?colour=blue")
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [("sqlite:///jobs.db?synchronous=sometimes", "synchronous"), ("sqlite:///jobs.db?busy_timeout=soon", "bad number")],
+)
+def test_sqlite_bad_option_values(url: str, words: str) -> None:
+    with pytest.raises(BrokerError, match=words):
+        from_url(url)
