@@ -32,14 +32,17 @@ class Conveyor:
         store: job store URL, for brokers that have no store of their own.
         settings: a prebuilt :class:`~conveyor.config.Settings` (default: loaded from the
             environment and ``conveyor.toml``/``pyproject.toml``).
+        clock: the time source of the broker (a ``conveyor.testing.FakeClock`` in tests).
         **options: any other setting (``max_payload=``, ``retries=``, ``lease=`` …).
 
     Nothing connects until first use or :meth:`open`.
     """
 
     def __init__(self, url: str | None = None, store: str | None = None, *,
-                 settings: Settings | None = None, **options: Any) -> None:
+                 settings: Settings | None = None, clock: Callable[[], float] | None = None,
+                 **options: Any) -> None:
         base = settings or load_settings()
+        self.clock = clock
         self.settings = base.replace("argument", url=url, store=store, **options)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.serializer: Serializer = get_serializer(self.settings.serializer)
@@ -56,7 +59,7 @@ class Conveyor:
             if self.settings.store is not None:
                 raise ConfigError("store= is for brokers without a store of their own; "
                                   f"{self.settings.url.split('://')[0]}:// keeps its own jobs")
-            self._broker = from_url(self.settings.url)
+            self._broker = from_url(self.settings.url, clock=self.clock)
         return self._broker
 
     def open(self) -> Conveyor:

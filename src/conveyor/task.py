@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import random
-import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -240,7 +239,7 @@ class Task(Generic[P, R]):
         limit = self.app.settings.max_payload
         if len(payload) > limit:
             raise PayloadTooLarge(self.name, len(payload), limit)
-        now = time.time()
+        now = self.app.broker.clock()
         if options.get("at") is not None and options.get("delay") is not None:
             raise ValueError("give delay or at, not both")
         run_at = _timestamp(options.get("at"))
