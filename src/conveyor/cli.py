@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
@@ -73,7 +73,14 @@ def _console() -> Any:
     return Console()
 
 
-def _fail(message: str) -> None:
+def _plain(value: str) -> Any:
+    """``value`` as rich text that is never read as markup (job data may hold "[/]")."""
+    from rich.text import Text
+
+    return Text(value)
+
+
+def _fail(message: str) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
     sys.exit(2)
 
@@ -105,7 +112,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @click.option("--max-jobs-per-child", type=click.IntRange(min=1), help="Recycle a process after N jobs.")
 @click.option("--max-memory", type=click.IntRange(min=1), help="Recycle a process above this RSS (MB).")
 @click.option("--grace", type=click.FloatRange(min=0), help="Seconds running jobs get on SIGTERM.")
-@click.option("--prefetch", type=click.IntRange(min=1), help="Jobs leased per fetch.")
+@click.option("--prefetch", type=click.IntRange(min=1),
+              help="Most jobs leased per fetch (fewer when jobs are slow, so no member hoards them).")
 @click.option("--lease", type=click.FloatRange(min=0.5), help="Lease seconds (extended by heartbeat).")
 @click.option("--log-level", "-l", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def worker(app_spec: str, **flags: Any) -> None:
@@ -118,6 +126,13 @@ def worker(app_spec: str, **flags: Any) -> None:
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     app.open()  # a bad database path is reported here, before any process starts
     sys.exit(Supervisor(app, settings).run())
+
+
+def _json_argument(text: str, name: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        _fail(f"{name} is not valid JSON ({exc}): {text!r}")
 
 
 @main.command()
@@ -135,15 +150,15 @@ def enqueue(app_spec: str, task: str, args_json: str, kwargs_json: str, as_json:
             wait: float | None, **options: Any) -> None:
     """Enqueue TASK with ARGS_JSON (a JSON array, or an object of keyword arguments)."""
     app = load_app(app_spec)
-    try:
-        args = orjson.loads(args_json)
-        kwargs = orjson.loads(kwargs_json)
-    except orjson.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    args: Any = _json_argument(args_json, "ARGS_JSON")
+    kwargs: Any = _json_argument(kwargs_json, "--kwargs")
+    if not isinstance(args, (list, dict)):
+        _fail(f"ARGS_JSON must be a JSON array or object, not {args_json!r}")
+    if not isinstance(kwargs, dict):
+        _fail(f"--kwargs must be a JSON object, not {kwargs_json!r}")
     if isinstance(args, dict):
-        args, kwargs = [], {**args, **kwargs}
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise click.BadParameter("ARGS_JSON must be a JSON array or object; --kwargs a JSON object")
+        kwargs = {**args, **kwargs}
+        args = []
     job = app.enqueue(task, args, kwargs, **{k: v for k, v in options.items() if v is not None})
     out: dict[str, Any] = {"id": job.id, "task": task, "status": job.status}
     if wait is not None:
@@ -171,14 +186,15 @@ def jobs(app_spec: str, state: str | None, queue: str | None, task: str | None, 
     if as_json:
         _emit_json({"jobs": [_record_dict(app, r) for r in page.jobs], "cursor": page.cursor})
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("id", "task", "queue", "state", "attempts", "created", "progress", "error")
+    table = Table(Column("id", no_wrap=True, min_width=36), "task", "queue", "state", "attempts", "created",
+                  "progress", "error")
     for r in page.jobs:
         progress = f"{r.progress:.0%}" if r.progress is not None else ""
         error = f"{r.error.get('type')}: {r.error.get('message', '')}"[:60] if r.error else ""
-        table.add_row(r.id, r.task, r.queue, r.state, f"{r.attempts}/{r.max_attempts}", _ts(r.created_at),
-                      progress, error)
+        table.add_row(*map(_plain, (r.id, r.task, r.queue, r.state, f"{r.attempts}/{r.max_attempts}",
+                                    _ts(r.created_at), progress, error)))
     console = _console()
     console.print(table)
     if page.cursor:
@@ -197,22 +213,30 @@ def job(app_spec: str, job_id: str, as_json: bool) -> None:
     if as_json:
         _emit_json(data)
         return
+    from rich.text import Text
+
+    # Job data is printed as text, never read as rich markup: "[/]" in an error must not break it.
     console = _console()
+
+    def line(name: str, value: Any) -> None:
+        shown = orjson.dumps(value, default=str).decode() if isinstance(value, (dict, list)) else str(value)
+        console.print(Text(f"{name:>12} ", style="bold"), Text(shown), highlight=False)
+
     for name in ("id", "task", "queue", "state", "priority", "key", "attempts", "max_attempts", "timeout"):
-        console.print(f"[bold]{name:>12}[/]  {data[name]}", highlight=False, markup=True)
+        line(name, data[name])
     for name in ("created_at", "run_at", "started_at", "finished_at"):
-        console.print(f"[bold]{name:>12}[/]  {_ts(data[name])}")
-    console.print(f"[bold]{'arguments':>12}[/]  ", data["payload"], markup=True)
+        line(name, _ts(data[name]))
+    line("arguments", data["payload"])
     if record.progress is not None:
-        console.print(f"[bold]{'progress':>12}[/]  {record.progress:.0%} {record.progress_message or ''}")
+        line("progress", f"{record.progress:.0%} {record.progress_message or ''}")
     if record.state == "succeeded":
-        console.print(f"[bold]{'result':>12}[/]  ", data["result"])
+        line("result", data["result"])
     for entry in record.history:
         err = entry.get("error") or {}
-        console.print(f"[bold]{'attempt':>12}[/]  #{entry.get('attempt')} {entry.get('state')} at "
-                      f"{_ts(entry.get('at'))}: {err.get('type')}: {err.get('message')}", markup=True)
+        line("attempt", f"#{entry.get('attempt')} {entry.get('state')} at {_ts(entry.get('at'))}: "
+                        f"{err.get('type')}: {err.get('message')}")
     if record.error and record.error.get("traceback"):
-        console.print(record.error["traceback"], markup=False, highlight=False)
+        console.print(Text(record.error["traceback"]), highlight=False)
 
 
 @main.command()
@@ -265,7 +289,7 @@ def queues(app_spec: str, pause: str | None, resume: str | None, as_json: bool) 
 
     table = Table("queue", "queued", "scheduled", "running", "succeeded", "failed", "cancelled", "paused")
     for q in rows:
-        table.add_row(q.name, *(str(q.counts.get(s, 0)) for s in STATES), "yes" if q.paused else "")
+        table.add_row(_plain(q.name), *(str(q.counts.get(s, 0)) for s in STATES), "yes" if q.paused else "")
     _console().print(table)
 
 
@@ -303,7 +327,7 @@ def config(app_spec: str | None, as_json: bool) -> None:
 
     table = Table("setting", "value", "source")
     for k in values:
-        table.add_row(k, repr(values[k]), sources[k])
+        table.add_row(k, _plain(repr(values[k])), _plain(sources[k]))
     _console().print(table)
 
 

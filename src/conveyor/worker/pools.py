@@ -65,7 +65,8 @@ class Slot:
         hard = self._hard.value
         if not hard:
             return None
-        job_id = bytes(self._id[:]).rstrip(b"\0").decode()
+        raw: Any = self._id[:]  # bytes from shared memory, or from the bytearray
+        job_id = bytes(raw).rstrip(b"\0").decode()
         token, soft = self._token.value, self._soft.value
         if self._hard.value != hard:  # changed while reading: next round
             return None
@@ -141,8 +142,8 @@ class ProcessMember(Member):
         n = settings.concurrency if pool == "async" else 1
         super().__init__(index, consumer_id, [Slot(shared=True) for _ in range(n)])
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        ctx = multiprocessing.get_context(method)
-        self.process = ctx.Process(
+        ctx: Any = multiprocessing.get_context(method)
+        self.process: multiprocessing.process.BaseProcess = ctx.Process(
             target=_process_main, name=f"conveyor-{pool}-{index}", daemon=False,
             args=(app, settings, list(queues), consumer_id, self.slots, supervisor, os.getpid(), pool),
         )

@@ -32,6 +32,9 @@ EXIT_STOPPED = 0
 EXIT_RECYCLE = 3
 ACK_BATCH = 64
 ACK_DELAY = 0.02  # seconds a finished job may wait for its ack to be batched with others
+# Seconds of work a consumer leases ahead. Prefetching more would let one consumer hoard slow
+# jobs while its siblings idle; short jobs still go in batches of up to ``prefetch``.
+FETCH_AHEAD = 0.1
 PROGRESS_EVERY = 0.1  # seconds between progress writes of one job
 
 
@@ -57,11 +60,12 @@ def rss_bytes() -> int:
 class _Running:
     """Book-keeping of one job being executed, shared with the heartbeat thread."""
 
-    __slots__ = ("cancelled", "lease", "pending_progress", "progress_at")
+    __slots__ = ("cancelled", "lease", "observed_cancel", "pending_progress", "progress_at")
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.cancelled = False
+        self.observed_cancel = False  # the task read current_job().cancelled as True
         self.progress_at = 0.0
         self.pending_progress: tuple[float | None, str | None] | None = None
 
@@ -79,6 +83,55 @@ class Runner:
         self.lock = threading.Lock()
         self.processed = 0
         self.failed = 0
+        self.mean_run: float | None = None  # moving average of job run time, seconds
+        self._acks: list[Outcome] = []
+        self._acks_since = 0.0
+        self._acks_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+
+    # -- batching ----------------------------------------------------------------------------
+    def fetch_size(self) -> int:
+        """How many jobs to lease next: up to ``prefetch``, but only about FETCH_AHEAD seconds of
+        work (one job until a run time has been measured)."""
+        if self.mean_run is None:
+            return 1
+        if self.mean_run <= 0:
+            return self.settings.prefetch
+        return max(1, min(self.settings.prefetch, int(FETCH_AHEAD / self.mean_run)))
+
+    def timed(self, seconds: float) -> None:
+        """Record the run time of one job."""
+        self.mean_run = seconds if self.mean_run is None else 0.8 * self.mean_run + 0.2 * seconds
+
+    def add_ack(self, outcome: Outcome) -> int:
+        """Queue an outcome for the next batched ack; returns how many wait."""
+        with self._acks_lock:
+            if not self._acks:
+                self._acks_since = time.monotonic()
+            self._acks.append(outcome)
+            return len(self._acks)
+
+    def flush_acks(self, older_than: float = 0.0) -> None:
+        """Ack the waiting outcomes in one batch (only if the oldest waited ``older_than`` seconds).
+        Called by the consumer loop and by the heartbeat thread, so a finished job's ack never waits
+        for the next job to end."""
+        with self._flush_lock:
+            with self._acks_lock:
+                if not self._acks or time.monotonic() - self._acks_since < older_than:
+                    return
+                batch, self._acks = self._acks, []
+            try:
+                accepted = self.broker.ack(batch)
+            except ConveyorError as exc:
+                log.error("ack of %d job(s) failed (their leases will expire and they will run again): %s",
+                          len(batch), exc)
+                accepted = [True] * len(batch)
+            with self.lock:
+                for outcome, ok in zip(batch, accepted):
+                    self.held.pop(outcome.job_id, None)
+                    if not ok:
+                        log.warning("job %s: ack refused, the lease was lost (stale token %d)",
+                                    outcome.job_id, outcome.token)
 
     # -- one job -----------------------------------------------------------------------------
     def _decode(self, lease: Lease) -> tuple[Any, Sequence[Any], dict[str, Any]] | Outcome:
@@ -113,12 +166,22 @@ class Runner:
             else:
                 state.pending_progress = (fraction, message)
 
+        def is_cancelled() -> bool:
+            if state.cancelled:
+                state.observed_cancel = True
+            return state.cancelled
+
         return CurrentJob(lease.job_id, lease.task, lease.queue, lease.attempt, lease.max_attempts,
-                          report, lambda: state.cancelled)
+                          report, is_cancelled)
 
     def _verdict(self, lease: Lease, task: Any, state: _Running, started: float,
                  result: Any = None, exc: BaseException | None = None) -> Outcome:
         finished = time.time()
+        if exc is None and state.observed_cancel:
+            # The task saw the cancellation and returned early: what it did is not the job's result.
+            return Outcome(lease.job_id, lease.token, "cancelled", started_at=started, finished_at=finished,
+                           error={"type": "JobCancelled", "message": "cancelled while running: the task stopped "
+                                                                     "when it saw the cancellation"})
         if exc is None:
             try:
                 body = self.app.serializer.dumps(result)
@@ -163,22 +226,27 @@ class Runner:
         if use_alarm and timeout:
             signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
-            if task.is_async:
-                coro = task.fn(*args, **kwargs)
-                if timeout:
-                    coro = asyncio.wait_for(coro, timeout)
-                result = (loop.run_until_complete(coro) if loop is not None else asyncio.run(coro))
-            else:
-                result = task.fn(*args, **kwargs)
+            try:
+                if task.is_async:
+                    coro = task.fn(*args, **kwargs)
+                    if timeout:
+                        coro = asyncio.wait_for(coro, timeout)
+                    result = (loop.run_until_complete(coro) if loop is not None else asyncio.run(coro))
+                else:
+                    result = task.fn(*args, **kwargs)
+            finally:
+                # Disarmed here, inside the try: an alarm firing just as the task returns is then
+                # the job's TimeoutError, not an exception escaping the consumer loop.
+                if use_alarm and timeout:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
         except Exception as exc:
             outcome = self._verdict(lease, task, state, started, exc=exc)
         else:
             outcome = self._verdict(lease, task, state, started, result=result)
         finally:
-            if use_alarm and timeout:
-                signal.setitimer(signal.ITIMER_REAL, 0)
             if slot is not None:
                 slot.clear()
+            self.timed(time.time() - started)
             _current.reset(token)
             with self.lock:
                 self.running.pop(lease.job_id, None)
@@ -207,7 +275,7 @@ class Runner:
             pending = [(s.lease, s.pending_progress) for s in self.running.values() if s.pending_progress]
             for s in self.running.values():
                 s.pending_progress = None
-        for lease, (fraction, message) in pending:  # type: ignore[misc]
+        for lease, (fraction, message) in pending:
             self.broker.progress(lease.job_id, lease.token, fraction, message)
 
 
@@ -227,6 +295,7 @@ class Heartbeat(threading.Thread):
         while not self.done.wait(0.1):
             try:
                 now = time.monotonic()
+                self.runner.flush_acks(older_than=ACK_DELAY)
                 self.runner.flush_progress()
                 if now >= next_lease:
                     next_lease = now + lease_every
@@ -268,57 +337,36 @@ def consume(app: Conveyor, settings: Settings, queues: Sequence[str], consumer_i
     beat = Heartbeat(runner, worker_info(consumer_id, queues, pool, supervisor), stop, parent_pid)
     beat.start()
     loop = asyncio.new_event_loop()
-    pending: list[Outcome] = []
-    first_pending = 0.0
     done_jobs = 0
     next_memory_check = 0.0
     exit_code = EXIT_STOPPED
 
-    def flush() -> None:
-        nonlocal pending
-        if not pending:
-            return
-        batch, pending = pending, []
-        try:
-            accepted = broker.ack(batch)
-        except ConveyorError as exc:
-            log.error("ack of %d job(s) failed (their leases will expire and they will run again): %s",
-                      len(batch), exc)
-            accepted = [True] * len(batch)
-        with runner.lock:
-            for outcome, ok in zip(batch, accepted):
-                runner.held.pop(outcome.job_id, None)
-                if not ok:
-                    log.warning("job %s: ack refused, the lease was lost (stale token %d)",
-                                outcome.job_id, outcome.token)
-
     try:
         while not stop.is_set():
+            limit = runner.fetch_size()
+            if max_jobs:
+                limit = max(1, min(limit, max_jobs - done_jobs))  # do not lease what recycling hands back
             try:
-                leases = broker.fetch(queues, settings.prefetch, settings.lease, consumer_id)
+                leases = broker.fetch(queues, limit, settings.lease, consumer_id)
             except ConveyorError as exc:
                 log.error("fetch failed: %s; retrying in 1s", exc)
                 stop.wait(1.0)
                 continue
             if not leases:
-                flush()
+                runner.flush_acks()
                 broker.wait(queues, 0.5)
                 continue
             with runner.lock:
                 runner.held.update((lease.job_id, lease) for lease in leases)
             for i, lease in enumerate(leases):
                 if stop.is_set() or exit_code == EXIT_RECYCLE:
-                    handed = [Outcome(rest.job_id, rest.token, "queued") for rest in leases[i:]]
-                    pending.extend(handed)
+                    for rest in leases[i:]:  # handed back unstarted: not counted as an attempt
+                        runner.add_ack(Outcome(rest.job_id, rest.token, "queued"))
                     break
-                if pending and time.monotonic() - first_pending > ACK_DELAY:
-                    flush()
+                runner.flush_acks(older_than=ACK_DELAY)
                 outcome = runner.execute(lease, slot=slot, use_alarm=use_alarm, loop=loop)
-                if not pending:
-                    first_pending = time.monotonic()
-                pending.append(outcome)
-                if len(pending) >= ACK_BATCH:
-                    flush()
+                if runner.add_ack(outcome) >= ACK_BATCH:
+                    runner.flush_acks()
                 done_jobs += 1
                 if on_job is not None:
                     on_job()
@@ -330,11 +378,11 @@ def consume(app: Conveyor, settings: Settings, queues: Sequence[str], consumer_i
                     if rss_bytes() > max_memory * 1024 * 1024:
                         log.info("recycling at %d MB RSS (max_memory %d MB)", rss_bytes() >> 20, max_memory)
                         exit_code = EXIT_RECYCLE
-            flush()
+            runner.flush_acks()
             if exit_code == EXIT_RECYCLE:
                 break
     finally:
-        flush()
+        runner.flush_acks()
         beat.done.set()
         beat.join(timeout=2)
         try:

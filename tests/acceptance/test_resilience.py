@@ -1,0 +1,137 @@
+"""Acceptance: killed pool processes, SIGTERM and a second SIGTERM, recycling — no job is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from harness import Project, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_job_of_a_pool_process_killed_mid_job_runs_again_and_completes(project: Project) -> None:
+    worker = project.worker("-c", "1")
+    job = project.app.enqueue("crash_once")
+    first = wait_for(lambda: project.lines("crash_once.log"), 10, "the first attempt to start")
+    attempt, pid = first[0].split()
+    assert attempt == "1"
+
+    os.kill(int(pid), signal.SIGKILL)
+
+    assert job.result(timeout=15) != int(pid)
+    record = job.refresh().record
+    assert record.state == "succeeded"
+    assert record.attempts == 2
+    assert [h["state"] for h in record.history] == ["lost"]
+    assert record.history[0]["error"]["type"] == "WorkerLost"
+    worker.wait_log("killed by signal 9")
+    assert worker.alive()
+
+
+def test_no_job_is_lost_when_a_pool_process_is_killed_during_a_drain(project: Project) -> None:
+    worker = project.worker("-c", "2")
+    jobs = project.app.get_task("ledger").enqueue_many([(i,) for i in range(200)])
+    ids = {job.id for job in jobs}
+    wait_for(lambda: len(project.lines("ledger.log")) >= 30, 15, "30 jobs to run")
+    victim = worker.children()[0]
+
+    victim.send_signal(signal.SIGKILL)
+    killed_at = project.counts().get("succeeded", 0)
+
+    wait_for(lambda: project.counts().get("succeeded", 0) == 200, 30, "all 200 jobs to succeed")
+    assert killed_at < 200, "the kill came after the drain"
+    assert project.counts() == {"succeeded": 200}
+    seen = project.lines("ledger.log")
+    assert ids - set(seen) == set(), "jobs lost"
+    assert set(seen) <= ids
+    rerun = [r for r in (project.app.broker.get(i) for i in ids) if r and r.attempts > 1]
+    assert rerun, "the killed process held leases: its jobs must have been delivered again"
+    worker.wait_log("killed by signal 9")
+    assert victim.pid not in [c.pid for c in worker.children()]
+    assert len(worker.children()) == 2
+
+
+def test_sigterm_finishes_the_running_job_hands_back_the_rest_and_exits_0(project: Project) -> None:
+    # Quick jobs first: once the consumer has seen how short they are it leases the rest in one
+    # batch, so the jobs behind the slow one are held by it when SIGTERM comes.
+    quick = [project.app.enqueue("add", [i, 1], priority=9) for i in range(5)]
+    slow = project.app.enqueue("nap", [1.5], priority=5)
+    waiting = [project.app.enqueue("add", [i, i]) for i in range(3)]
+    worker = project.worker("-c", "1", "--grace", "5")
+    project.wait_state(slow.id, "running", timeout=10)
+    assert all(project.app.broker.get(job.id).consumer for job in waiting), "not leased with the slow job"
+
+    sent = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    code = worker.wait_exit(10)
+
+    assert code == 0
+    assert time.monotonic() - sent < 5
+    record = slow.refresh().record
+    assert record.state == "succeeded", record
+    assert [job.refresh().record.state for job in quick] == ["succeeded"] * 5
+    for job in waiting:
+        r = job.refresh().record
+        assert (r.state, r.attempts, r.consumer, r.history) == ("queued", 0, None, [])
+    assert "finishing running jobs" in worker.stderr()
+    assert "Traceback" not in worker.stderr()
+
+
+def test_ctrl_c_to_the_whole_process_group_is_a_graceful_stop(project: Project) -> None:
+    worker = project.worker("-c", "2", "--grace", "5")
+    job = project.app.enqueue("nap", [1.0])
+    project.wait_state(job.id, "running", timeout=10)
+
+    os.killpg(worker.pid, signal.SIGINT)  # what a terminal does: pool processes get it too, and ignore it
+
+    assert worker.wait_exit(10) == 0
+    assert job.refresh().record.state == "succeeded"
+    assert "Traceback" not in worker.stderr()
+
+
+def test_second_sigterm_stops_at_once_and_hands_the_running_job_back(project: Project) -> None:
+    worker = project.worker("-c", "1", "--grace", "30")
+    job = project.app.enqueue("nap", [60])
+    project.wait_state(job.id, "running", timeout=10)
+
+    sent = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    worker.wait_log("finishing running jobs")
+    worker.signal(signal.SIGTERM)
+    code = worker.wait_exit(10)
+
+    assert time.monotonic() - sent < 10
+    assert code == 0
+    record = job.refresh().record
+    assert record.state == "queued"
+    assert record.consumer is None
+    assert record.history[-1]["state"] == "lost"
+    assert "shut down" in record.history[-1]["error"]["message"]
+    assert "stopping now" in worker.stderr()
+
+
+def test_pool_processes_are_recycled_after_max_jobs_per_child(project: Project) -> None:
+    project.worker("-c", "2", "--max-jobs-per-child", "5")
+    jobs = project.app.get_task("whoami").enqueue_many([() for _ in range(30)])
+
+    pids = Counter(job.result(timeout=30) for job in jobs)
+
+    assert sum(pids.values()) == 30
+    assert len(pids) > 2
+    assert max(pids.values()) <= 5, pids
+    assert project.counts() == {"succeeded": 30}
+
+
+def test_a_finished_job_is_acked_while_the_next_one_still_runs(project: Project) -> None:
+    quick = project.app.enqueue("add", [1, 2], priority=9)
+    slow = project.app.enqueue("nap", [4])
+    project.worker("-c", "1")  # one fetch leases both
+
+    project.wait_state(slow.id, "running", timeout=10)
+
+    assert project.wait_state(quick.id, "succeeded", timeout=1.5).state == "succeeded"
