@@ -16,6 +16,7 @@ import gc
 import json
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -44,23 +45,24 @@ def _app() -> Any:
 
 def run_enqueue(n: int) -> dict[str, Any]:
     app, noop = _app()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for i in range(n):
         noop.enqueue(i)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     app.close()
-    return {"api": "noop.enqueue(i)", "n": n, "elapsed_s": elapsed, "jobs_per_s": n / elapsed}
+    return {"api": "noop.enqueue(i)", "n": n, "elapsed_s": elapsed, "jobs_per_s": n / elapsed,
+            "cpu_s": cpu, "cpu_us_per_job": cpu * 1e6 / n}
 
 
 def run_bulk(n: int, batch: int) -> dict[str, Any]:
     app, noop = _app()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for start in range(0, n, batch):
         noop.enqueue_many([(i,) for i in range(start, min(n, start + batch))])
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     app.close()
     return {"api": f"noop.enqueue_many([(i,) ...]) in batches of {batch}", "n": n, "batch": batch,
-            "elapsed_s": elapsed, "jobs_per_s": n / elapsed}
+            "elapsed_s": elapsed, "jobs_per_s": n / elapsed, "cpu_s": cpu, "cpu_us_per_job": cpu * 1e6 / n}
 
 
 def run_latency(n: int, warmup: int, first_timeout: float, timeout: float) -> dict[str, Any]:
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         res = run_latency(a.n, a.warmup, a.first_timeout, a.timeout)
     res["mode"] = a.mode
     res["pid"] = os.getpid()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    res["process_cpu_s"] = usage.ru_utime + usage.ru_stime  # whole process, imports included
     sys.stdout.write(RESULT_PREFIX + json.dumps(res) + "\n")
     sys.stdout.flush()
     return 0

@@ -132,9 +132,11 @@ class Conveyor:
         """Enqueue a task by name (for callers without its code object); options as in
         :meth:`Task.options`. Raises UnknownTask, InvalidArguments or PayloadTooLarge."""
         task = self.get_task(name)
-        if isinstance(args, (str, bytes)) or isinstance(kwargs, (str, bytes)):
-            # list("in.mov") would silently become one argument per character
-            raise TypeError(f"args must be a list and kwargs a dict, not {type(args or kwargs).__name__}")
+        # list("in.mov") would silently become one argument per character
+        if args is not None and (isinstance(args, (str, bytes)) or not isinstance(args, Sequence)):
+            raise TypeError(f"args of {name!r} must be a list or tuple, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"kwargs of {name!r} must be a dict, not {type(kwargs).__name__}")
         msg = task.message(list(args or ()), dict(kwargs or {}), options)
         (job_id,) = self.broker.enqueue([msg])
         return Job(self, job_id, task)
