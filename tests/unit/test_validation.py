@@ -166,7 +166,7 @@ def test_app_enqueue_by_name_validates_too(app: Conveyor, transcode: Task[Any, A
     assert (job.args, job.kwargs, job.record.priority) == (["in.mov"], {"fmt": "webm"}, 3)
     with pytest.raises(InvalidArguments, match="'path'"):
         app.enqueue("transcode", args=[1])
-    with pytest.raises(TypeError, match="args must be a list"):
+    with pytest.raises(TypeError, match="must be a list or tuple"):
         app.enqueue("transcode", args="in.mov")
     assert app.broker.counts() == {"default": {"queued": 1}}
 
