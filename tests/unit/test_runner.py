@@ -348,3 +348,19 @@ def test_stale_outcome_is_refused(app: Conveyor, runner: Runner, lease_next: Cal
     assert app.broker.cancel(job.id) == "running"
     assert app.broker.ack([Outcome(job.id, lease.token + 1, "succeeded", result=b"null")]) == [False]
     assert app.broker.ack([outcome]) == [True]
+
+
+def test_a_job_that_cannot_even_be_prepared_fails_without_raising(
+    app: Conveyor, runner: Runner, lease_next: Callable[[], Lease]
+) -> None:
+    def broken(x: NoSuchType) -> None:  # type: ignore[name-defined]  # noqa: F821 - the point of the test
+        raise AssertionError("never runs")
+
+    app.task(name="broken")(broken)
+    job_id = put(app, "broken", b'{"args":[1],"kwargs":{}}')
+    outcome = runner.execute(lease_next())
+    assert (outcome.job_id, outcome.state) == (job_id, "failed")
+    assert outcome.error is not None
+    assert outcome.error["type"] == "ConfigError"
+    assert "NoSuchType" in outcome.error["message"]
+    assert runner.running == {}

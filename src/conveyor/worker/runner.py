@@ -149,7 +149,31 @@ class Runner:
             return self._dead(lease, {"type": "MalformedMessage", "message": str(exc)})
         except InvalidArguments as exc:
             return self._dead(lease, {"type": "InvalidArguments", "message": str(exc)})
+        except Exception as exc:  # e.g. unresolvable type hints, a validator raising: never the consumer's end
+            return self._dead(lease, {"type": type(exc).__name__, "message": f"could not prepare the job: {exc}"})
         return task, args, kwargs
+
+    def _enter(self, lease: Lease) -> Outcome | tuple[Any, Sequence[Any], dict[str, Any], _Running, Any, float]:
+        """Decode the job and make it the current one; an Outcome when it cannot run at all."""
+        decoded = self._decode(lease)
+        if isinstance(decoded, Outcome):
+            self.failed += 1
+            return decoded
+        task, args, kwargs = decoded
+        state = _Running(lease)
+        with self.lock:
+            self.running[lease.job_id] = state
+        token = _current.set(self._context(lease, state))
+        return task, args, kwargs, state, token, time.time()
+
+    def _exit(self, lease: Lease, state: _Running, token: Any, started: float) -> None:
+        """Undo ``_enter`` and write the job's last throttled progress report."""
+        self.timed(time.time() - started)
+        _current.reset(token)
+        with self.lock:
+            self.running.pop(lease.job_id, None)
+        if state.pending_progress is not None:
+            self.broker.progress(lease.job_id, lease.token, *state.pending_progress)
 
     def _dead(self, lease: Lease, error: dict[str, Any]) -> Outcome:
         log.error("job %s (%s) failed: %s", lease.job_id, lease.task, error["message"])
@@ -210,16 +234,10 @@ class Runner:
     def execute(self, lease: Lease, slot: Slot | None = None, use_alarm: bool = False,
                 loop: asyncio.AbstractEventLoop | None = None) -> Outcome:
         """Run one leased job to its outcome (never raises, except for interpreter exit)."""
-        decoded = self._decode(lease)
-        if isinstance(decoded, Outcome):
-            self.failed += 1
-            return decoded
-        task, args, kwargs = decoded
-        state = _Running(lease)
-        with self.lock:
-            self.running[lease.job_id] = state
-        token = _current.set(self._context(lease, state))
-        started = time.time()
+        entered = self._enter(lease)
+        if isinstance(entered, Outcome):
+            return entered
+        task, args, kwargs, state, token, started = entered
         timeout = lease.timeout
         if slot is not None:
             slot.start(lease.job_id, lease.token, timeout, self.settings.kill_after)
@@ -246,12 +264,7 @@ class Runner:
         finally:
             if slot is not None:
                 slot.clear()
-            self.timed(time.time() - started)
-            _current.reset(token)
-            with self.lock:
-                self.running.pop(lease.job_id, None)
-            if state.pending_progress is not None:
-                self.broker.progress(lease.job_id, lease.token, *state.pending_progress)
+            self._exit(lease, state, token, started)
         return outcome
 
     # -- heartbeats --------------------------------------------------------------------------
@@ -408,18 +421,12 @@ def consume_async(app: Conveyor, settings: Settings, queues: Sequence[str], cons
     free_slots = list(slots)
 
     async def run_one(lease: Lease) -> Outcome:
-        decoded = runner._decode(lease)
-        if isinstance(decoded, Outcome):
-            runner.failed += 1
-            return decoded
-        task, args, kwargs = decoded
-        state = _Running(lease)
-        with runner.lock:
-            runner.running[lease.job_id] = state
+        entered = runner._enter(lease)
+        if isinstance(entered, Outcome):
+            return entered
+        task, args, kwargs, state, token, started = entered
         slot = free_slots.pop()
         slot.start(lease.job_id, lease.token, lease.timeout, settings.kill_after)
-        token = _current.set(runner._context(lease, state))
-        started = time.time()
         try:
             if task.is_async:
                 call = task.fn(*args, **kwargs)
@@ -433,11 +440,7 @@ def consume_async(app: Conveyor, settings: Settings, queues: Sequence[str], cons
         finally:
             slot.clear()
             free_slots.append(slot)
-            _current.reset(token)
-            with runner.lock:
-                runner.running.pop(lease.job_id, None)
-            if state.pending_progress is not None:
-                await asyncio.to_thread(broker.progress, lease.job_id, lease.token, *state.pending_progress)
+            runner._exit(lease, state, token, started)
 
     async def main() -> None:
         inflight: set[asyncio.Task[Outcome]] = set()
