@@ -93,6 +93,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ConveyorError as exc:
             _fail(str(exc))
+        except TimeoutError as exc:  # enqueue --wait
+            click.echo(f"Timeout: {exc}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

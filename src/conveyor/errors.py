@@ -89,7 +89,10 @@ class StaleLease(ConveyorError):
 
 
 class Retry(ConveyorError):
-    """Raise inside a task to retry it now or after ``delay`` seconds, counted as an attempt."""
+    """Raise inside a task to retry it after ``delay`` seconds (default: the task's back-off).
+
+    The run counts as an attempt; when it was the last one, the job ends ``failed``.
+    """
 
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
         super().__init__(reason)

@@ -16,6 +16,9 @@ Semantics every backend honours (see ``docs/semantics.md``):
 
 from __future__ import annotations
 
+import itertools
+import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +34,7 @@ __all__ = [
     "STATES",
     "TERMINAL_STATES",
     "Broker",
+    "Event",
     "ExtendResult",
     "JobPage",
     "JobRecord",
@@ -178,6 +182,81 @@ class WorkerInfo:
     failed: int = 0
 
 
+@dataclass(slots=True)
+class Event:
+    """One change in the store, as returned by :meth:`Broker.changes`.
+
+    ``kind`` is ``job`` (``data``: id, task, queue, state, progress, progress_message, attempts;
+    state ``deleted`` when the job was removed), ``queue`` (``data``: name, paused) or ``worker``
+    (``data``: id, state ``seen`` or ``gone``). ``id`` is the cursor just after this event.
+    """
+
+    id: str
+    kind: str
+    data: dict[str, Any]
+    at: float
+
+
+def job_event_data(job: JobRecord) -> dict[str, Any]:
+    """The ``data`` of a ``job`` :class:`Event` for the job as it is now."""
+    return {"id": job.id, "task": job.task, "queue": job.queue, "state": job.state,
+            "progress": job.progress, "progress_message": job.progress_message, "attempts": job.attempts}
+
+
+def job_matches(job: JobRecord, search: str | None, since: float | None, until: float | None) -> bool:
+    """Whether ``job`` passes the text and time filters of :meth:`Broker.search_jobs`: ``search``
+    is a case-insensitive substring of its payload (arguments) or of its error's text; ``since``
+    and ``until`` bound its ``created_at`` (``since <= created_at < until``)."""
+    if since is not None and job.created_at < since:
+        return False
+    if until is not None and job.created_at >= until:
+        return False
+    if search:
+        needle = search.lower()
+        if needle in job.payload.decode("utf-8", "replace").lower():
+            return True
+        error = job.error or {}
+        text = " ".join(str(error.get(k) or "") for k in ("type", "message", "traceback"))
+        return needle in text.lower()
+    return True
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """The nearest-rank percentile (``fraction`` in 0..1) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarize(rows: Iterable[tuple[str, float, str, float | None, float | None, float]],
+              since: float, bucket: float) -> list[dict[str, Any]]:
+    """Turn ``(queue, finished_at, state, run_seconds, wait_seconds, created_at)`` rows of finished
+    jobs into :meth:`Broker.stats` entries."""
+    groups: dict[tuple[str, float], dict[str, Any]] = {}
+    for queue, finished_at, state, run, wait, _ in rows:
+        start = since + math.floor((finished_at - since) / bucket) * bucket
+        g = groups.setdefault((queue, start), {"succeeded": 0, "failed": 0, "runs": [], "waits": []})
+        g[state] += 1
+        if run is not None:
+            g["runs"].append(run)
+        if wait is not None:
+            g["waits"].append(wait)
+    out = []
+    for (queue, start), g in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+        runs, waits = g["runs"], g["waits"]
+        out.append({"queue": queue, "bucket": start, "succeeded": g["succeeded"], "failed": g["failed"],
+                    "run_mean": sum(runs) / len(runs) if runs else None, "run_p95": percentile(runs, 0.95),
+                    "wait_mean": sum(waits) / len(waits) if waits else None})
+    return out
+
+
+#: How many jobs the base class's default queries read at most, for brokers without their own.
+SCAN_LIMIT = 10_000
+_CURSORS = itertools.count(1)
+
+
 class Broker(ABC):
     """Base class of every broker. Subclasses implement the abstract operations.
 
@@ -197,6 +276,9 @@ class Broker(ABC):
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url
         self.clock: Clock = clock or time.time
+        # State of the default ``changes`` (snapshots by cursor), unused by brokers with a change log.
+        self._snapshot_lock = threading.Lock()
+        self._snapshots: dict[str, tuple[dict[str, Any], list[Event]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> None:  # noqa: B027 - optional hook
@@ -324,6 +406,162 @@ class Broker(ABC):
     @abstractmethod
     def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
         """Workers heard from in the last ``max_age`` seconds."""
+
+    # -- queries of the web app (each has a default built on the operations above) -------------
+    def search_jobs(
+        self,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        search: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """:meth:`list_jobs` with a text search (a substring of the arguments or the error, any
+        case) and a time range on ``created_at`` (``since <= created_at < until``).
+
+        Default: pages through :meth:`list_jobs` and filters here, reading at most
+        :data:`SCAN_LIMIT` jobs per call; a page cut short by that budget still carries a cursor
+        to continue from. The memory and SQLite brokers answer it natively.
+        """
+        if search is None and since is None and until is None:
+            return self.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
+        found: list[JobRecord] = []
+        scanned = 0
+        while scanned < SCAN_LIMIT:
+            page = self.list_jobs(state=state, queue=queue, task=task, limit=200, cursor=cursor)
+            for job in page.jobs:
+                scanned += 1
+                if job_matches(job, search, since, until):
+                    found.append(job)
+                    if len(found) > limit:
+                        return JobPage(found[:limit], found[limit - 1].id)
+            cursor = page.cursor
+            if cursor is None:
+                return JobPage(found, None)
+        return JobPage(found, cursor)
+
+    def find_by_key(self, key: str) -> JobRecord | None:
+        """The newest job enqueued with unique ``key``, in any state (for idempotent enqueues).
+
+        Default: scans :meth:`list_jobs` newest first, at most :data:`SCAN_LIMIT` jobs.
+        """
+        cursor: str | None = None
+        scanned = 0
+        while scanned < SCAN_LIMIT:
+            page = self.list_jobs(limit=500, cursor=cursor)
+            for job in page.jobs:
+                if job.key == key:
+                    return job
+            scanned += len(page.jobs)
+            if page.cursor is None:
+                return None
+            cursor = page.cursor
+        return None
+
+    def stats(self, since: float, bucket: float) -> list[dict[str, Any]]:
+        """Finished jobs per queue per time bucket since ``since``: one dict per (queue, bucket)
+        that had any, ordered by bucket then queue: ``queue``, ``bucket`` (its start, Unix
+        seconds), ``succeeded`` and ``failed`` counts, ``run_mean`` and ``run_p95`` (seconds from
+        start to finish), ``wait_mean`` (seconds from creation to start). Buckets start at
+        ``since`` and are ``bucket`` seconds long.
+
+        Default: reads succeeded and failed jobs from :meth:`list_jobs` (newest first, at most
+        :data:`SCAN_LIMIT` of each), so on a busy broker it covers only the latest of them.
+        """
+        if bucket <= 0:
+            raise ValueError(f"bucket must be > 0 seconds, not {bucket}")
+        rows = []
+        for state in ("succeeded", "failed"):
+            cursor: str | None = None
+            scanned = 0
+            while scanned < SCAN_LIMIT:
+                page = self.list_jobs(state=state, limit=500, cursor=cursor)
+                for job in page.jobs:
+                    if job.finished_at is not None and job.finished_at >= since:
+                        rows.append(_stat_row(job))
+                scanned += len(page.jobs)
+                # Ids grow with creation time: a page wholly created an hour before ``since``
+                # cannot hold jobs that finished after it, short of hour-long runs.
+                if page.cursor is None or (page.jobs and page.jobs[-1].created_at < since - 3600):
+                    break
+                cursor = page.cursor
+        return summarize(rows, since, bucket)
+
+    def changes(self, after: str | None, limit: int = 500) -> tuple[list[Event], str]:
+        """Changes of jobs (state, progress), queues (pause, resume) and workers (heartbeats) after
+        the cursor ``after``, oldest first, at most ``limit``, and the cursor to pass next time.
+        ``after=None`` returns no events, only the current cursor.
+
+        A cursor older than the broker keeps (about ten minutes) yields a single ``reset`` event:
+        the caller should reload what it shows.
+
+        Default, for brokers without a change log: compares snapshots taken on each call — the
+        counts per queue and state, the paused queues, the workers, and the newest 200 jobs —
+        and reports what differs (several changes of one job between two calls come as one).
+        Cursors are then only meaningful to this broker object, which keeps the last 64.
+        """
+        with self._snapshot_lock:
+            snap = self._take_snapshot()
+            now = self.clock()
+            events: list[Event] = []
+            if after is not None:
+                if after not in self._snapshots:
+                    events.append(Event("", "reset", {}, now))
+                else:
+                    previous, backlog = self._snapshots[after]
+                    events = backlog + _diff_snapshots(previous, snap, now, self)
+                    if not events and previous == snap:
+                        return [], after  # nothing new: the same cursor
+            cursor = str(next(_CURSORS))
+            head, rest = events[:max(0, limit)], events[max(0, limit):]
+            self._snapshots[cursor] = (snap, rest)  # what did not fit comes with the next call
+            while len(self._snapshots) > 64:
+                del self._snapshots[next(iter(self._snapshots))]
+            for e in head:
+                e.id = cursor
+            return head, cursor
+
+    def _take_snapshot(self) -> dict[str, Any]:
+        jobs = self.list_jobs(limit=200).jobs
+        return {
+            "counts": self.counts(),
+            "paused": sorted(self.paused_queues()),
+            "workers": {w.id: (tuple(w.current), w.processed, w.failed) for w in self.workers()},
+            "jobs": {j.id: job_event_data(j) for j in jobs},
+        }
+
+
+def _stat_row(job: JobRecord) -> tuple[str, float, str, float | None, float | None, float]:
+    assert job.finished_at is not None
+    run = job.finished_at - job.started_at if job.started_at is not None else None
+    wait = job.started_at - job.created_at if job.started_at is not None else None
+    return job.queue, job.finished_at, job.state, run, wait, job.created_at
+
+
+def _diff_snapshots(old: dict[str, Any], new: dict[str, Any], now: float, broker: Broker) -> list[Event]:
+    events: list[Event] = []
+    for job_id, data in new["jobs"].items():
+        if old["jobs"].get(job_id) != data:
+            events.append(Event("", "job", data, now))
+    gone = [job_id for job_id in old["jobs"] if job_id not in new["jobs"]]
+    for job_id, record in zip(gone, broker.get_many(gone) if gone else []):
+        if record is None:  # deleted, not merely pushed out of the newest 200
+            events.append(Event("", "job", {**old["jobs"][job_id], "state": "deleted"}, now))
+    for name in sorted(set(old["paused"]) ^ set(new["paused"])):
+        events.append(Event("", "queue", {"name": name, "paused": name in new["paused"]}, now))
+    for name in sorted(set(old["counts"]) | set(new["counts"])):
+        if old["counts"].get(name) != new["counts"].get(name) and not any(
+                e.kind == "job" and e.data["queue"] == name for e in events):
+            events.append(Event("", "queue", {"name": name, "counts": new["counts"].get(name, {})}, now))
+    for worker_id in sorted(set(old["workers"]) | set(new["workers"])):
+        if old["workers"].get(worker_id) != new["workers"].get(worker_id):
+            state = "seen" if worker_id in new["workers"] else "gone"
+            events.append(Event("", "worker", {"id": worker_id, "state": state}, now))
+    return events
 
 
 _BUILTIN = {

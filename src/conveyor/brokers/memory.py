@@ -10,8 +10,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from ..errors import JobNotFound
 from . import (
@@ -19,6 +21,7 @@ from . import (
     TERMINAL_STATES,
     Broker,
     Clock,
+    Event,
     ExtendResult,
     JobPage,
     JobRecord,
@@ -26,7 +29,13 @@ from . import (
     Message,
     Outcome,
     WorkerInfo,
+    job_event_data,
+    job_matches,
+    summarize,
 )
+
+#: Changes kept for :meth:`MemoryBroker.changes` (a ring: older ones are forgotten).
+EVENT_RING = 10_000
 
 LOST_LEASE = {"type": "LeaseExpired", "message": "the lease expired: the worker stopped heartbeating"}
 
@@ -50,12 +59,23 @@ class MemoryBroker(Broker):
         self._keys: dict[str, str] = {}  # unique key -> active job id
         self._paused: set[str] = set()
         self._workers: dict[str, WorkerInfo] = {}
+        self._events: deque[Event] = deque(maxlen=EVENT_RING)
+        self._event_ids = itertools.count(1)
+        self._last_event = 0
 
     def fork(self) -> Broker:
         """The same in-process state (threads share one memory broker)."""
         return self
 
     # -- helpers -----------------------------------------------------------------------------
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Record a change (the lock is held)."""
+        self._last_event = next(self._event_ids)
+        self._events.append(Event(str(self._last_event), kind, data, self.clock()))
+
+    def _changed(self, job: JobRecord) -> None:
+        self._emit("job", job_event_data(job))
+
     def _push_ready(self, job: JobRecord) -> None:
         heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, self._seq[job.id], job.id))
 
@@ -77,6 +97,7 @@ class MemoryBroker(Broker):
             self._push_ready(job)
         elif state == "scheduled":
             self._push_schedule(job)
+        self._changed(job)
 
     def _promote(self, now: float) -> None:
         while self._schedule and self._schedule[0][0] <= now:
@@ -86,6 +107,7 @@ class MemoryBroker(Broker):
                 job.state = "queued"
                 job.updated_at = now
                 self._push_ready(job)
+                self._changed(job)
 
     def _lose(self, job: JobRecord, now: float, error: Mapping[str, object]) -> None:
         """A running job whose worker is gone: back to the queue, or failed when out of attempts
@@ -126,6 +148,7 @@ class MemoryBroker(Broker):
                     self._push_schedule(job)
                 else:
                     self._push_ready(job)
+                self._changed(job)
                 ids.append(job.id)
             self._lock.notify_all()
         return ids
@@ -150,6 +173,7 @@ class MemoryBroker(Broker):
                     job.lease_until = now + lease
                     job.started_at = job.updated_at = now
                     job.cancel_requested = False
+                    self._changed(job)
                     out.append(Lease(job.id, job.token, job.task, job.queue, job.payload, job.attempts,
                                      job.max_attempts, job.timeout, job.lease_until, job.priority))
                 if len(out) >= limit:
@@ -225,6 +249,7 @@ class MemoryBroker(Broker):
                 return False
             job.progress, job.progress_message = fraction, message
             job.updated_at = self.clock()
+            self._changed(job)
             return True
 
     def recover(self) -> int:
@@ -262,6 +287,7 @@ class MemoryBroker(Broker):
             elif job.state == "running":
                 job.cancel_requested = True
                 job.updated_at = now
+                self._changed(job)
             return job.state
 
     def retry(self, job_id: str) -> str:
@@ -290,15 +316,18 @@ class MemoryBroker(Broker):
             if job.key and self._keys.get(job.key) == job_id:
                 del self._keys[job.key]
             del self._jobs[job_id]
+            self._emit("job", {**job_event_data(job), "state": "deleted"})
             return True
 
     def pause(self, queue: str) -> None:
         with self._lock:
             self._paused.add(queue)
+            self._emit("queue", {"name": queue, "paused": True})
 
     def resume(self, queue: str) -> None:
         with self._lock:
             self._paused.discard(queue)
+            self._emit("queue", {"name": queue, "paused": False})
             self._lock.notify_all()
 
     def purge(self, queue: str | None, states: Iterable[str] = ("queued", "scheduled")) -> int:
@@ -317,6 +346,7 @@ class MemoryBroker(Broker):
             quiet = now - max(older_than, 3600.0)  # as the SQLite store: forget long-silent workers
             for worker_id in [w.id for w in self._workers.values() if w.last_seen < quiet]:
                 del self._workers[worker_id]
+                self._emit("worker", {"id": worker_id, "state": "gone"})
         return sum(self.delete(j) for j in doomed)
 
     # -- store queries -----------------------------------------------------------------------
@@ -326,14 +356,60 @@ class MemoryBroker(Broker):
             return None if job is None else replace(job, history=list(job.history))
 
     def list_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
-                  limit: int = 50, cursor: str | None = None) -> JobPage:
+                  limit: int = 50, cursor: str | None = None, search: str | None = None,
+                  since: float | None = None, until: float | None = None) -> JobPage:
         with self._lock:
             rows = [j for j in self._jobs.values()
                     if (state is None or j.state == state) and (queue is None or j.queue == queue)
-                    and (task is None or j.task == task) and (cursor is None or j.id < cursor)]
+                    and (task is None or j.task == task) and (cursor is None or j.id < cursor)
+                    and job_matches(j, search, since, until)]
         rows.sort(key=lambda j: j.id, reverse=True)
         page = [replace(j, history=list(j.history)) for j in rows[:limit]]
-        return JobPage(page, page[-1].id if len(rows) > limit else None)
+        return JobPage(page, page[-1].id if len(rows) > limit and page else None)
+
+    def search_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
+                    search: str | None = None, since: float | None = None, until: float | None = None,
+                    limit: int = 50, cursor: str | None = None) -> JobPage:
+        return self.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor,
+                              search=search, since=since, until=until)
+
+    def find_by_key(self, key: str) -> JobRecord | None:
+        with self._lock:
+            found = [j for j in self._jobs.values() if j.key == key]
+            if not found:
+                return None
+            job = max(found, key=lambda j: self._seq[j.id])
+            return replace(job, history=list(job.history))
+
+    def stats(self, since: float, bucket: float) -> list[dict[str, Any]]:
+        if bucket <= 0:
+            raise ValueError(f"bucket must be > 0 seconds, not {bucket}")
+        with self._lock:
+            rows = [(j.queue, j.finished_at, j.state,
+                     None if j.started_at is None else j.finished_at - j.started_at,
+                     None if j.started_at is None else j.started_at - j.created_at, j.created_at)
+                    for j in self._jobs.values()
+                    if j.state in ("succeeded", "failed") and j.finished_at is not None and j.finished_at >= since]
+        return summarize(rows, since, bucket)
+
+    def changes(self, after: str | None, limit: int = 500) -> tuple[list[Event], str]:
+        with self._lock:
+            last = self._last_event
+            if after is None:
+                return [], str(last)
+            try:
+                start = int(after)
+            except ValueError:
+                start = -1
+            if start > last or start < 0:
+                return [Event(str(last), "reset", {}, self.clock())], str(last)
+            oldest = int(self._events[0].id) if self._events else last + 1
+            if start < oldest - 1:  # some of what came after the cursor was forgotten
+                return [Event(str(last), "reset", {}, self.clock())], str(last)
+            # Ids are consecutive, so the position in the ring follows from the id.
+            skip = start - oldest + 1
+            out = list(itertools.islice(self._events, skip, skip + max(0, limit)))
+        return out, out[-1].id if out else after
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -350,10 +426,12 @@ class MemoryBroker(Broker):
     def heartbeat(self, worker: WorkerInfo) -> None:
         with self._lock:
             self._workers[worker.id] = replace(worker, last_seen=self.clock())
+            self._emit("worker", {"id": worker.id, "state": "seen"})
 
     def unregister(self, worker_id: str) -> None:
         with self._lock:
-            self._workers.pop(worker_id, None)
+            if self._workers.pop(worker_id, None) is not None:
+                self._emit("worker", {"id": worker_id, "state": "gone"})
 
     def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
         now = self.clock()

@@ -28,8 +28,12 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from ..errors import BrokerError, JobNotFound
-from . import Broker, Clock, ExtendResult, JobPage, JobRecord, Lease, Message, Outcome, WorkerInfo
+from . import Broker, Clock, Event, ExtendResult, JobPage, JobRecord, Lease, Message, Outcome, WorkerInfo
 from .memory import LOST_LEASE
+
+#: The change log keeps at most this many events, and none older than EVENT_AGE seconds.
+EVENT_KEEP = 100_000
+EVENT_AGE = 600.0
 
 
 def _load_queries() -> dict[str, str]:
@@ -260,7 +264,18 @@ class SQLiteBroker(Broker):
         return int(n)
 
     def recover(self) -> int:
-        return self._lose("lease_until < :now", {}, LOST_LEASE)
+        n = self._lose("lease_until < :now", {}, LOST_LEASE)
+        self._prune_events()
+        return n
+
+    def _prune_events(self) -> None:
+        """Trim the change log (cheap when there is nothing to trim: it runs every second)."""
+        with self._write() as conn:
+            conn.execute(Q["prune_events_by_count"], {"keep": EVENT_KEEP})
+            oldest = conn.execute(Q["oldest_event"]).fetchone()
+            cutoff = self.clock() - EVENT_AGE
+            if oldest is not None and oldest[0] < cutoff:
+                conn.execute(Q["prune_events_by_age"], {"cutoff": cutoff})
 
     def release(self, consumer: str, reason: str) -> int:
         return self._lose("consumer = :consumer", {"consumer": consumer},
@@ -317,6 +332,7 @@ class SQLiteBroker(Broker):
         with self._write() as conn:
             n = conn.execute(Q["prune"], (self.clock() - older_than,)).rowcount
             conn.execute(Q["forget_workers"], (self.clock() - max(older_than, 3600.0),))
+        self._prune_events()
         return int(n)
 
     # -- store queries -----------------------------------------------------------------------
@@ -337,7 +353,10 @@ class SQLiteBroker(Broker):
             return None if row is None else self._record(cur, row)
 
     def list_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
-                  limit: int = 50, cursor: str | None = None) -> JobPage:
+                  limit: int = 50, cursor: str | None = None, search: str | None = None,
+                  since: float | None = None, until: float | None = None) -> JobPage:
+        if limit <= 0:
+            return JobPage([], None)
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("state", state), ("queue", queue), ("task", task)):
@@ -347,6 +366,16 @@ class SQLiteBroker(Broker):
         if cursor is not None:
             where.append("id < ?")
             params.append(cursor)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(until)
+        if search:
+            # instr over lower(): no LIKE wildcards to escape; the payload is JSON text (or pickle).
+            where.append("(instr(lower(CAST(payload AS TEXT)), ?) > 0 OR instr(lower(error), ?) > 0)")
+            params += [search.lower(), search.lower()]
         sql = "SELECT * FROM conveyor_jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -358,6 +387,43 @@ class SQLiteBroker(Broker):
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return JobPage(jobs, jobs[-1].id if more and jobs else None)
+
+    def search_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
+                    search: str | None = None, since: float | None = None, until: float | None = None,
+                    limit: int = 50, cursor: str | None = None) -> JobPage:
+        return self.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor,
+                              search=search, since=since, until=until)
+
+    def find_by_key(self, key: str) -> JobRecord | None:
+        with self._read() as conn:
+            cur = conn.execute(Q["find_by_key"], (key,))
+            row = cur.fetchone()
+            return None if row is None else self._record(cur, row)
+
+    def stats(self, since: float, bucket: float) -> list[dict[str, Any]]:
+        if bucket <= 0:
+            raise ValueError(f"bucket must be > 0 seconds, not {bucket}")
+        with self._read() as conn:
+            rows = conn.execute(Q["stats"], {"since": since, "bucket": bucket}).fetchall()
+        return [{"queue": queue, "bucket": since + b * bucket, "succeeded": ok, "failed": failed,
+                 "run_mean": run_mean, "run_p95": run_p95, "wait_mean": wait_mean}
+                for queue, b, ok, failed, run_mean, run_p95, wait_mean in rows]
+
+    def changes(self, after: str | None, limit: int = 500) -> tuple[list[Event], str]:
+        with self._read() as conn:
+            last, oldest = conn.execute(Q["last_event"]).fetchone()
+            if after is None:
+                return [], str(last)
+            try:
+                start = int(after)
+            except ValueError:
+                start = -1
+            # Past the end, or before what the log still holds: the caller must reload.
+            if start < 0 or start > last or (oldest and start < oldest - 1):
+                return [Event(str(last), "reset", {}, self.clock())], str(last)
+            rows = conn.execute(Q["changes"], (start, max(0, limit))).fetchall()
+        events = [_event(row) for row in rows]
+        return events, events[-1].id if events else str(start)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -384,3 +450,16 @@ class SQLiteBroker(Broker):
         with self._read() as conn:
             rows = conn.execute(Q["workers"], (self.clock() - max_age,)).fetchall()
         return [WorkerInfo(**orjson.loads(info)) for info, _ in rows]
+
+
+def _event(row: tuple[Any, ...]) -> Event:
+    event_id, at, kind, ref, state, task, queue, progress, message, attempts = row
+    data: dict[str, Any]
+    if kind == "job":
+        data = {"id": ref, "task": task, "queue": queue, "state": state, "progress": progress,
+                "progress_message": message, "attempts": attempts}
+    elif kind == "queue":
+        data = {"name": ref, "paused": state == "paused"}
+    else:
+        data = {"id": ref, "state": state}
+    return Event(str(event_id), kind, data, at)

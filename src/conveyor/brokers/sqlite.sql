@@ -40,6 +40,61 @@ CREATE TABLE IF NOT EXISTS conveyor_queues (name TEXT PRIMARY KEY, paused INTEGE
 CREATE TABLE IF NOT EXISTS conveyor_workers (id TEXT PRIMARY KEY, last_seen REAL NOT NULL, info TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS conveyor_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO conveyor_meta (name, value) VALUES ('schema_version', '1');
+-- For idempotent enqueues: the newest job with a key, in any state.
+CREATE INDEX IF NOT EXISTS conveyor_jobs_any_key ON conveyor_jobs (key, seq) WHERE key IS NOT NULL;
+-- For stats: failed jobs by finish time (succeeded ones use conveyor_jobs_finished).
+CREATE INDEX IF NOT EXISTS conveyor_jobs_failed ON conveyor_jobs (finished_at) WHERE state = 'failed';
+-- The change log read by changes(): filled by triggers, so every write path (and every process)
+-- records its changes atomically with them. "ref" is the job id, queue name or worker id.
+CREATE TABLE IF NOT EXISTS conveyor_events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    state TEXT,
+    task TEXT,
+    queue TEXT,
+    progress REAL,
+    message TEXT,
+    attempts INTEGER
+);
+CREATE TRIGGER IF NOT EXISTS conveyor_jobs_inserted AFTER INSERT ON conveyor_jobs BEGIN
+    INSERT INTO conveyor_events (at, kind, ref, state, task, queue, progress, message, attempts)
+    VALUES (coalesce(NEW.updated_at, NEW.created_at), 'job', NEW.id, NEW.state, NEW.task, NEW.queue,
+            NEW.progress, NEW.progress_message, NEW.attempts);
+END;
+CREATE TRIGGER IF NOT EXISTS conveyor_jobs_changed
+AFTER UPDATE OF state, progress, progress_message, cancel_requested ON conveyor_jobs
+WHEN NEW.state IS NOT OLD.state OR NEW.progress IS NOT OLD.progress
+     OR NEW.progress_message IS NOT OLD.progress_message OR NEW.cancel_requested IS NOT OLD.cancel_requested
+BEGIN
+    INSERT INTO conveyor_events (at, kind, ref, state, task, queue, progress, message, attempts)
+    VALUES (coalesce(NEW.updated_at, NEW.created_at), 'job', NEW.id, NEW.state, NEW.task, NEW.queue,
+            NEW.progress, NEW.progress_message, NEW.attempts);
+END;
+CREATE TRIGGER IF NOT EXISTS conveyor_jobs_deleted AFTER DELETE ON conveyor_jobs BEGIN
+    INSERT INTO conveyor_events (at, kind, ref, state, task, queue, attempts)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, 'job', OLD.id, 'deleted', OLD.task, OLD.queue, OLD.attempts);
+END;
+CREATE TRIGGER IF NOT EXISTS conveyor_queues_inserted AFTER INSERT ON conveyor_queues BEGIN
+    INSERT INTO conveyor_events (at, kind, ref, state)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, 'queue', NEW.name, CASE WHEN NEW.paused THEN 'paused' ELSE 'active' END);
+END;
+CREATE TRIGGER IF NOT EXISTS conveyor_queues_changed AFTER UPDATE OF paused ON conveyor_queues
+WHEN NEW.paused IS NOT OLD.paused BEGIN
+    INSERT INTO conveyor_events (at, kind, ref, state)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, 'queue', NEW.name, CASE WHEN NEW.paused THEN 'paused' ELSE 'active' END);
+END;
+CREATE TRIGGER IF NOT EXISTS conveyor_workers_seen AFTER INSERT ON conveyor_workers BEGIN
+    INSERT INTO conveyor_events (at, kind, ref, state) VALUES (NEW.last_seen, 'worker', NEW.id, 'seen');
+END;
+CREATE TRIGGER IF NOT EXISTS conveyor_workers_beat AFTER UPDATE ON conveyor_workers BEGIN
+    INSERT INTO conveyor_events (at, kind, ref, state) VALUES (NEW.last_seen, 'worker', NEW.id, 'seen');
+END;
+CREATE TRIGGER IF NOT EXISTS conveyor_workers_gone AFTER DELETE ON conveyor_workers BEGIN
+    INSERT INTO conveyor_events (at, kind, ref, state)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, 'worker', OLD.id, 'gone');
+END;
 
 -- name: insert
 INSERT INTO conveyor_jobs (id, task, queue, state, priority, payload, key, max_attempts, timeout,
@@ -160,3 +215,47 @@ SELECT info, last_seen FROM conveyor_workers WHERE last_seen >= ?
 
 -- name: forget_workers
 DELETE FROM conveyor_workers WHERE last_seen < ?
+
+-- name: find_by_key
+SELECT * FROM conveyor_jobs WHERE key = ? ORDER BY seq DESC LIMIT 1
+
+-- name: stats
+-- Finished jobs since :since, one row per queue, bucket and state, with the nearest-rank p95 run time.
+WITH done AS (
+    SELECT queue, state, CAST((finished_at - :since) / :bucket AS INTEGER) AS b,
+           finished_at - started_at AS run, started_at - created_at AS wait
+    FROM conveyor_jobs WHERE state = 'succeeded' AND finished_at >= :since
+    UNION ALL
+    SELECT queue, state, CAST((finished_at - :since) / :bucket AS INTEGER),
+           finished_at - started_at, started_at - created_at
+    FROM conveyor_jobs WHERE state = 'failed' AND finished_at >= :since
+),
+ranked AS (
+    SELECT queue, b, state, run, wait,
+           row_number() OVER (PARTITION BY queue, b ORDER BY run IS NULL, run) AS n,
+           count(run) OVER (PARTITION BY queue, b) AS runs
+    FROM done
+)
+SELECT queue, b, sum(state = 'succeeded'), sum(state = 'failed'), avg(run),
+       max(CASE WHEN n = (95 * runs + 99) / 100 THEN run END), avg(wait)
+FROM ranked GROUP BY queue, b ORDER BY b, queue
+
+-- name: changes
+SELECT id, at, kind, ref, state, task, queue, progress, message, attempts
+FROM conveyor_events WHERE id > ? ORDER BY id LIMIT ?
+
+-- name: last_event
+SELECT coalesce(max(id), 0), coalesce(min(id), 0) FROM conveyor_events
+
+-- name: oldest_event
+SELECT at FROM conveyor_events ORDER BY id LIMIT 1
+
+-- name: prune_events_by_count
+DELETE FROM conveyor_events WHERE id <= (SELECT max(id) FROM conveyor_events) - :keep
+
+-- name: prune_events_by_age
+-- Ids follow time, so everything before the first young event is old; the newest row always stays,
+-- so ids never restart (which would confuse cursors).
+DELETE FROM conveyor_events
+WHERE id < coalesce((SELECT id FROM conveyor_events WHERE at >= :cutoff ORDER BY id LIMIT 1),
+                    (SELECT max(id) FROM conveyor_events))

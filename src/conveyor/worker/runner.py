@@ -218,6 +218,8 @@ class Runner:
                            started_at=started, finished_at=finished)
         self.failed += 1
         info = error_info(exc)
+        if isinstance(exc, TimeoutError) and not info["message"] and lease.timeout:
+            info["message"] = f"the job exceeded its {lease.timeout:g}s timeout"  # injected into a thread bare
         if state.cancelled:
             return Outcome(lease.job_id, lease.token, "cancelled", error=info,
                            started_at=started, finished_at=finished)
@@ -316,8 +318,9 @@ class Heartbeat(threading.Thread):
                 if now >= next_info:
                     next_info = now + 5.0
                     self.report()
-                if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                    log.error("supervisor %d is gone; stopping", self.parent_pid)
+                if self.parent_pid is not None and os.getppid() != self.parent_pid \
+                        and not self.stop_event.is_set():
+                    log.error("supervisor %d is gone; stopping after the current job", self.parent_pid)
                     self.stop_event.set()
             except ConveyorError as exc:
                 log.warning("heartbeat failed: %s", exc)

@@ -81,17 +81,19 @@ class Supervisor:
     def _size(self) -> int:
         return 1 if self.settings.pool == "async" else self.settings.concurrency
 
-    def _reap(self, index: int, member: Member) -> None:
-        """A member ended: hand back its jobs and schedule its replacement."""
+    def _reap(self, index: int, member: Member, killed_for: str | None = None) -> None:
+        """A member ended: hand back its jobs and schedule its replacement (at once when it was
+        recycled, or killed by the watchdog for ``killed_for``; with back-off when it crashed)."""
         code = member.exitcode
-        released = self._release(member, f"worker process {member.pid} exited with code {code}")
+        released = self._release(member, killed_for or f"worker process {member.pid} exited with code {code}")
         del self.members[index]
         if self.stopping.is_set():
             return
-        if code in (EXIT_RECYCLE, EXIT_STOPPED):
+        if killed_for or code in (EXIT_RECYCLE, EXIT_STOPPED):
             self.failures[index] = 0
             self.restart_at[index] = 0.0
-            log.info("member %d recycled (pid %d)", index, member.pid)
+            what = "replaced after the watchdog killed it" if killed_for else "recycled"
+            log.info("member %d %s (pid %d); %d other job(s) handed back", index, what, member.pid, released)
             return
         n = self.failures.get(index, 0) + 1
         self.failures[index] = n if time.monotonic() - member.started < 60 else 1
@@ -144,9 +146,7 @@ class Supervisor:
         except ConveyorError as exc:
             log.error("could not record the timeout of job %s: %s", job_id, exc)
         if index in self.members:
-            self._reap(index, member)
-            self.failures[index] = 0
-            self.restart_at[index] = 0.0
+            self._reap(index, member, killed_for=f"its worker was killed: job {job_id} ran past its hard time limit")
 
     # -- main loop ---------------------------------------------------------------------------
     def _signal(self, signum: int, frame: Any) -> None:

@@ -1,0 +1,723 @@
+"""``redis://host:port/db`` (``rediss://`` for TLS): the production broker and job store.
+
+Each queue's keys share one hash tag, ``{prefix:queue}``, so they live on one Redis Cluster slot and
+every atomic step is one Lua script (``redis.lua``, loaded once) over one queue's keys. A fetch moves
+a batch from the queue's ready lists to its lease set (scored by deadline) and bumps each job's
+fencing token; acks, extends and progress carrying a stale token are refused; ``recover`` (run
+every second by every worker's supervisor) brings expired leases back and promotes due jobs from
+the schedule. Idle consumers block on ``BLPOP`` of per-queue wake lists. Every state change is
+published on ``<prefix>:events``. The key layout, for readers in other languages, is in
+``docs/brokers/redis.md``.
+
+URL options (query parameters): ``prefix`` (key prefix, default ``conveyor``), ``cluster`` (``1`` to
+use Redis Cluster) and redis-py's own (``socket_timeout``, ``socket_connect_timeout``,
+``health_check_interval``, ``max_connections``, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from importlib.resources import files
+from itertools import islice
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.client import NEVER_DECODE
+from redis.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..errors import BrokerError, JobNotFound
+from . import Broker, Clock, ExtendResult, JobPage, JobRecord, Lease, Message, Outcome, WorkerInfo
+from .memory import LOST_LEASE
+
+log = logging.getLogger(__name__)
+
+OUTCOME_STATES = frozenset({"succeeded", "failed", "cancelled", "scheduled", "queued"})
+REDIS_OPTIONS = frozenset({"db", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "retry_on_timeout",
+                           "max_connections", "health_check_interval", "ssl_cert_reqs", "ssl_ca_certs",
+                           "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "protocol", "client_name"})
+BATCH = 1000  # jobs per purge / prune / recover script call, so no call blocks Redis for long
+SCAN_BUDGET = 10_000  # index entries list_jobs examines per queue and page when filtering
+WHERE_MAX = 200_000  # job id -> queue entries remembered by one broker
+_CHECKED: set[str] = set()  # servers whose durability settings this process has checked
+
+
+def _load_scripts() -> dict[str, str]:
+    text = files(__package__).joinpath("redis.lua").read_text()
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
+    blocks = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+    prelude = blocks.pop("prelude")
+    return {name: prelude + "\n" + body + "\n" for name, body in blocks.items()}
+
+
+SCRIPTS = _load_scripts()
+SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split a ``redis://`` URL into the URL redis-py gets and Conveyor's own options."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise BrokerError(f"not a Redis URL: {url!r}")
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in ("prefix", "cluster"):
+            ours[name] = value
+        elif name in REDIS_OPTIONS:
+            theirs.append((name, value))
+        else:
+            raise BrokerError(f"unknown Redis URL option {name!r} in {url!r}")
+    prefix = ours.setdefault("prefix", "conveyor")
+    if not prefix or re.search(r"[{}\[\]*?\s]", prefix):
+        raise BrokerError(f"Redis key prefix {prefix!r} must be non-empty, without braces, brackets, * ? or spaces")
+    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
+
+
+def _f(x: float) -> str:
+    """A float as the exact decimal string the scripts store and compare."""
+    return repr(float(x))
+
+
+def _num(v: bytes | None) -> float | None:
+    try:
+        return float(v) if v else None
+    except ValueError:
+        return None
+
+
+def _int(v: bytes | None, default: int) -> int:
+    try:
+        return int(v) if v else default
+    except ValueError:
+        return default
+
+
+def _as_dict(reply: Any) -> dict[bytes, bytes]:
+    """HGETALL's raw reply (a flat list in RESP2, a map in RESP3) as a dict."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2])) if reply else {}
+
+
+def _text(v: bytes | None) -> str | None:
+    return v.decode() if v else None
+
+
+def _unpack(m: bytes) -> tuple[str, int, int, float | None, bytes]:
+    """Field m of a job: its JSON header line [task, priority, max_attempts, timeout, created_at,
+    enqueued_at] and payload -> (task, priority, max_attempts, timeout, payload). Raises ValueError."""
+    head, newline, payload = m.partition(b"\n")
+    if not newline:
+        raise ValueError("field m has no header line")
+    try:
+        task, priority, max_attempts, timeout = orjson.loads(head)[:4]
+        return str(task), int(priority), int(max_attempts), None if timeout is None else float(timeout), payload
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"bad header line in field m: {exc}") from None
+
+
+class RedisBroker(Broker):
+    """Broker and job store on Redis (standalone, Sentinel-less, or Cluster with ``?cluster=1``)."""
+
+    scheme = "redis"
+    supports_blocking_fetch = True
+    supports_native_delays = True
+    supports_notify = True
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, clock: Clock | None = None) -> None:
+        super().__init__(url, clock=clock)
+        self._client_url, options = parse_url(url)
+        self.prefix = options["prefix"]
+        self.cluster = options.get("cluster", "").lower() in ("1", "true", "yes")
+        parts = urlsplit(self._client_url)
+        self._where_text = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or '/0'}"
+        self._redis: Any = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._local = threading.local()  # this thread's own connection for single commands
+        self._links: list[Any] = []
+        self._retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 5)
+        self._where: dict[str, str] = {}  # job id -> queue, for jobs this broker enqueued or leased
+        self._queues: tuple[float, list[str]] = (0.0, [])
+        self._registered: dict[str, float] = {}  # queue -> when this broker last listed it
+        self._next_due: float | None = None
+        self._down_since: float | None = None
+
+    # -- connection --------------------------------------------------------------------------
+    def _conn(self) -> Any:
+        if self._redis is not None and self._pid == os.getpid():
+            return self._redis
+        self._pid = os.getpid()  # a connection never crosses fork(): the child makes its own
+        options: dict[str, Any] = {
+            "socket_timeout": 10.0, "socket_connect_timeout": 3.0, "socket_keepalive": True,
+            "health_check_interval": 15,
+            "retry": self._retry,
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
+        cls: Any = RedisCluster if self.cluster else Redis
+        try:
+            self._redis = cls.from_url(self._client_url, **options)
+        except (RedisError, ValueError, TypeError) as exc:
+            raise BrokerError(f"bad Redis URL {self.url!r}: {exc}") from None
+        return self._redis
+
+    def _exec(self, *args: Any) -> Any:
+        """One command and its raw reply, on this thread's own connection (redis-py's client adds
+        some 40 us of bookkeeping per command, which single enqueues and latency feel). Lost
+        connections are retried with exponential back-off, then raise BrokerError."""
+        if self.cluster:
+            try:
+                return self._conn().execute_command(*args)
+            except RedisError as exc:
+                raise self._error(exc) from None
+        link = getattr(self._local, "link", None)
+        if link is None or self._local.pid != os.getpid():
+            link = self._conn().connection_pool.make_connection()
+            self._local.link, self._local.pid = link, os.getpid()
+            with self._lock:
+                self._links.append(link)
+
+        def attempt() -> Any:
+            link.send_command(*args)
+            return link.read_response()
+
+        def failed(error: Exception) -> None:
+            self._trouble(error)
+            link.disconnect()
+
+        try:
+            reply = self._retry.call_with_retry(attempt, failed)
+        except NoScriptError:
+            raise
+        except RedisError as exc:
+            raise self._error(exc) from None
+        if self._down_since is not None:
+            self._up()
+        return reply
+
+    def _many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Raw replies of several commands in one round trip (pipelined)."""
+        if len(commands) == 1:
+            return [self._exec(*commands[0])]
+        pipe = self._conn().pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command, **{NEVER_DECODE: True})
+        try:
+            return list(pipe.execute())
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    def _trouble(self, exc: Exception) -> None:
+        """Say once per outage that Redis cannot be reached (then redis-py retries with back-off)."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.error("cannot reach Redis at %s: %s; reconnecting with back-off", self._where_text, exc)
+
+    def _error(self, exc: Exception) -> BrokerError:
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+            self._trouble(exc)
+            return BrokerError(f"cannot reach Redis at {self._where_text}: {exc}")
+        return BrokerError(f"Redis at {self._where_text} refused the operation: {exc}")
+
+    def _up(self) -> None:
+        if self._down_since is not None:
+            log.warning("Redis at %s is back after %.1fs", self._where_text, time.monotonic() - self._down_since)
+            self._down_since = None
+
+    def open(self) -> None:
+        r = self._conn()
+        try:
+            r.ping()
+            for body in SCRIPTS.values():
+                r.script_load(body)
+            self._check_server(r)
+        except RedisError as exc:
+            raise self._error(exc) from None
+        self._up()
+
+    def _check_server(self, r: Any) -> None:
+        """Warn, in one line each, about Redis settings that can lose jobs (once per process and server)."""
+        if self._where_text in _CHECKED:
+            return
+        _CHECKED.add(self._where_text)
+        try:
+            config: dict[Any, Any] = {}
+            for name in ("maxmemory-policy", "appendonly", "save"):
+                got = r.config_get(name)
+                config.update({(k.decode() if isinstance(k, bytes) else k): v for k, v in got.items()})
+        except RedisError:  # CONFIG is often disabled on managed Redis
+            log.debug("cannot read the Redis configuration; durability not checked")
+            return
+        text = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in config.items()}
+        policy = text.get("maxmemory-policy", "noeviction")
+        if policy.startswith("allkeys"):
+            log.warning("Redis maxmemory-policy is %s: when memory runs out Redis evicts keys and those jobs are "
+                        "lost without a trace; set maxmemory-policy noeviction", policy)
+        aof, save = text.get("appendonly", "no"), text.get("save", "").strip()
+        if aof != "yes" and not save:
+            log.warning("Redis persistence is off (appendonly no, no save points): a Redis restart loses every "
+                        "job; set appendonly yes")
+        elif aof != "yes":
+            log.info("Redis keeps RDB snapshots only (save %s): a Redis crash loses the jobs of the last "
+                     "minutes; appendonly yes loses at most one second", save)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._redis is not None and self._pid == os.getpid():
+                for link in self._links:
+                    link.disconnect()
+                self._redis.close()
+            self._redis = None
+            self._links = []
+            self._local = threading.local()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _base(self, queue: str) -> str:
+        return "{" + self.prefix + ":" + queue + "}"
+
+    def _keymap(self, queue: str) -> str:
+        # Unique keys are global on one server; on a cluster each queue keeps its own (one slot).
+        return self._base(queue) + ":keys" if self.cluster else self.prefix + ":keys"
+
+    def _groups(self, queues: Sequence[str]) -> list[list[str]]:
+        """Queues one script call may cover: all of them on one server, one each on a cluster."""
+        unique = list(dict.fromkeys(queues))
+        if self.cluster:
+            return [[q] for q in unique]
+        return [unique[i:i + 100] for i in range(0, len(unique), 100)]
+
+    def _script(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any],
+                pipe_before: Sequence[tuple[Any, ...]] = ()) -> Any:
+        """Run a script over ``queues`` (one slot on a cluster), after ``pipe_before`` commands sent
+        in the same round trip. Reloads the scripts when Redis lost them (a restart)."""
+        keys = [self._keymap(queues[0]), *(self._base(q) for q in queues)]
+        command = ("EVALSHA", SHAS[name], len(keys), *keys, self.prefix, _f(now), *queues, *args)
+        for attempt in (1, 2):
+            try:
+                if not pipe_before:
+                    return self._exec(*command)
+                pipe = self._conn().pipeline(transaction=False)
+                for before in pipe_before:
+                    pipe.execute_command(*before)
+                pipe.execute_command(*command)
+                try:
+                    reply = pipe.execute()[-1]
+                except RedisError as exc:
+                    if isinstance(exc, NoScriptError):
+                        raise
+                    raise self._error(exc) from None
+                self._up()
+                return reply
+            except NoScriptError:
+                if attempt == 2:
+                    raise BrokerError(f"Redis at {self._where_text} keeps losing the Conveyor scripts") from None
+                self._exec("SCRIPT", "LOAD", SCRIPTS[name])
+        raise AssertionError("unreachable")
+
+    def _register(self, queues: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The SADD that lists new queues in <prefix>:queues (sent again now and then, in case the set
+        was deleted), to go in the same round trip as the enqueue."""
+        at = time.monotonic()
+        new = [q for q in queues if at - self._registered.get(q, -1e9) > 60.0]
+        if not new:
+            return []
+        self._registered.update(dict.fromkeys(new, at))
+        return [("SADD", self.prefix + ":queues", *new)]
+
+    def _remember(self, pairs: Iterable[tuple[str, str]]) -> None:
+        where = self._where
+        where.update(pairs)
+        if len(where) > WHERE_MAX:
+            with self._lock:
+                for job_id in list(islice(where, len(where) - WHERE_MAX // 2)):
+                    where.pop(job_id, None)
+
+    def _all_queues(self, fresh: bool = False) -> list[str]:
+        at, known = self._queues
+        if fresh or time.monotonic() - at > 5.0:
+            known = sorted(n.decode() for n in self._exec("SMEMBERS", self.prefix + ":queues"))
+            self._queues = (time.monotonic(), known)
+        return known
+
+    def _records(self, job_ids: Sequence[str]) -> list[tuple[str, dict[bytes, bytes]] | None]:
+        """(queue, hash) of each job: HGETALL in the queue we know it is in, else in every queue
+        (one pipelined round trip; again with a fresh list of queues for the ones not found)."""
+        out: list[tuple[str, dict[bytes, bytes]] | None] = [None] * len(job_ids)
+        todo = {i: [self._where[j]] if j in self._where else None for i, j in enumerate(job_ids)}
+        for _ in (1, 2):
+            queues = self._all_queues()
+            plan = [(i, q) for i, known in todo.items() for q in (known or queues)]
+            if not plan:
+                break
+            replies = self._many([("HGETALL", self._base(q) + ":j:" + job_ids[i]) for i, q in plan])
+            for (i, queue), h in zip(plan, map(_as_dict, replies)):
+                if h and b"state" in h and out[i] is None:
+                    out[i] = (queue, h)
+                    self._where[job_ids[i]] = queue
+            # not found: look in every queue once more (the queue list may be newer than ours)
+            todo = {i: known for i, known in todo.items() if out[i] is None}
+            if todo:
+                latest = self._all_queues(fresh=True)
+                todo = {i: None for i, known in todo.items() if known is not None or latest != queues}
+        return out
+
+    def _locate(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The queue of each job that exists (from memory, else asked of Redis)."""
+        found = {j: self._where[j] for j in job_ids if j in self._where}
+        unknown = [j for j in dict.fromkeys(job_ids) if j not in found]
+        if unknown:
+            for job_id, got in zip(unknown, self._records(unknown)):
+                if got is not None:
+                    found[job_id] = got[0]
+        return found
+
+    def _by_queue(self, job_ids: Sequence[str]) -> tuple[dict[str, str], list[list[str]]]:
+        where = self._locate(job_ids)
+        return where, self._groups([where[j] for j in job_ids if j in where])
+
+    # -- moving jobs -------------------------------------------------------------------------
+    def enqueue(self, messages: Sequence[Message]) -> list[str]:
+        if not messages:
+            return []
+        now = self.clock()
+        ids = [m.id for m in messages]
+        for group in self._groups([m.queue for m in messages]):
+            index = {q: i + 1 for i, q in enumerate(group)}
+            positions: list[int] = []
+            args: list[Any] = []
+            for pos, m in enumerate(messages):
+                qi = index.get(m.queue)
+                if qi is None:
+                    continue
+                positions.append(pos)
+                scheduled = m.run_at is not None and m.run_at > now
+                created = m.created_at or now
+                fixed = orjson.dumps([m.task, int(m.priority), int(m.max_attempts), m.timeout, created, now])
+                args += [qi, m.id, m.key or "", _f(m.run_at) if scheduled and m.run_at is not None else "",
+                         str(int(m.priority)), fixed + b"\n" + m.payload]
+            out = self._script("enqueue", group, now, args, self._register(group))
+            for k in range(0, len(out), 2):
+                ids[positions[out[k] - 1]] = out[k + 1].decode()
+        self._remember((job_id, m.queue) for job_id, m in zip(ids, messages))
+        return ids
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        now = self.clock()
+        deadline = now + lease
+        out: list[Lease] = []
+        due: list[float] = []
+        unreadable: list[Outcome] = []
+        for group in self._groups(queues):
+            reply = self._script("fetch", group, now, [limit - len(out), _f(deadline), consumer])
+            if reply[0]:
+                due.append(float(reply[0]))
+            for k in range(1, len(reply), 5):
+                job_id, token, qi, attempt, m = reply[k:k + 5]
+                job_id = job_id.decode()
+                try:
+                    task, priority, max_attempts, timeout, payload = _unpack(m)
+                except ValueError as exc:
+                    log.error("job %s: unreadable record in Redis (%s): failed", job_id, exc)
+                    error = {"type": "MalformedMessage", "message": f"unreadable job record in Redis: {exc}"}
+                    unreadable.append(Outcome(job_id, token, "failed", error=error, finished_at=now))
+                    self._where[job_id] = group[qi - 1]
+                    continue
+                out.append(Lease(job_id, token, task, group[qi - 1], payload, attempt, max_attempts, timeout,
+                                 deadline, priority))
+            if len(out) >= limit:
+                break
+        if unreadable:
+            self.ack(unreadable)
+        self._next_due = min(due) if due else None
+        self._remember((lease.job_id, lease.queue) for lease in out)
+        return out
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block on the queues' wake lists (pushed by enqueue, promotion, recovery, hand-back) until
+        one is pushed, a scheduled job falls due, or ``timeout``. Never raises: a lost connection
+        is logged and the next fetch reports it."""
+        if self._next_due is not None:
+            timeout = min(timeout, self._next_due - self.clock())
+        timeout = min(timeout, 5.0)
+        groups = self._groups(queues)
+        if timeout < 0.001 or not groups:
+            return
+        try:
+            for group in groups:
+                if self._exec("BLPOP", *(self._base(q) + ":wake" for q in group), _f(timeout / len(groups))):
+                    break
+        except BrokerError:  # logged by _error; the next fetch raises
+            time.sleep(min(timeout, 1.0))
+
+    def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        for o in outcomes:
+            if o.state not in OUTCOME_STATES:
+                raise ValueError(f"outcome state must be one of {sorted(OUTCOME_STATES)}, not {o.state!r}")
+        now = self.clock()
+        accepted = [False] * len(outcomes)
+        where, groups = self._by_queue([o.job_id for o in outcomes])
+        for group in groups:
+            index = {q: i + 1 for i, q in enumerate(group)}
+            positions: list[int] = []
+            args: list[Any] = []
+            for pos, o in enumerate(outcomes):
+                qi = index.get(where.get(o.job_id, ""))
+                if qi is None:
+                    continue
+                positions.append(pos)
+                at = o.finished_at or now
+                args += [qi, o.job_id, str(o.token), o.state, o.result or b"",
+                         orjson.dumps(o.error) if o.error is not None else "",
+                         _f(o.started_at) if o.started_at else "",
+                         _f(o.finished_at) if o.finished_at is not None else "",
+                         _f(o.run_at) if o.run_at is not None else "", _f(at)]
+            for pos, ok in zip(positions, self._script("ack", group, now, args)):
+                accepted[pos] = bool(ok)
+        return accepted
+
+    def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
+        result = ExtendResult()
+        if not leases:
+            return result
+        now = self.clock()
+        where, groups = self._by_queue([job_id for job_id, _ in leases])
+        result.lost.update(job_id for job_id, _ in leases if job_id not in where)
+        for group in groups:
+            index = {q: i + 1 for i, q in enumerate(group)}
+            chosen = [(j, t) for j, t in leases if index.get(where.get(j, "")) is not None]
+            args: list[Any] = [_f(now + lease)]
+            for job_id, token in chosen:
+                args += [index[where[job_id]], job_id, str(token)]
+            for (job_id, _), code in zip(chosen, self._script("extend", group, now, args)):
+                if code == 0:
+                    result.lost.add(job_id)
+                elif code == 2:
+                    result.cancel_requested.add(job_id)
+        return result
+
+    def progress(self, job_id: str, token: int, fraction: float | None, message: str | None) -> bool:
+        queue = self._locate([job_id]).get(job_id)
+        if queue is None:
+            return False
+        args = [job_id, str(token), "" if fraction is None else _f(fraction), message or "",
+                "0" if message is None else "1"]
+        return bool(self._script("progress", [queue], self.clock(), args))
+
+    def recover(self) -> int:
+        return self._lose_all("recover", [orjson.dumps(LOST_LEASE), BATCH])
+
+    def release(self, consumer: str, reason: str) -> int:
+        return self._lose_all("release", [consumer, orjson.dumps({"type": "WorkerLost", "message": reason})])
+
+    def _lose_all(self, name: str, args: list[Any]) -> int:
+        n = 0
+        for group in self._groups(self._all_queues(fresh=True)):
+            while True:
+                reply = self._script(name, group, self.clock(), args)
+                if name == "release":
+                    n += reply
+                    break
+                n += reply[0]
+                if not reply[1]:
+                    break
+        return n
+
+    # -- control -----------------------------------------------------------------------------
+    def _one(self, name: str, job_id: str) -> tuple[str, Any]:
+        queue = self._locate([job_id]).get(job_id)
+        if queue is None:
+            return "", None
+        return queue, self._script(name, [queue], self.clock(), [job_id])
+
+    def cancel(self, job_id: str) -> str:
+        _, state = self._one("cancel", job_id)
+        if not state:
+            raise JobNotFound(job_id)
+        return str(state.decode())
+
+    def retry(self, job_id: str) -> str:
+        _, reply = self._one("retry", job_id)
+        verdict = reply.decode() if reply else ""
+        if not verdict:
+            raise JobNotFound(job_id)
+        if verdict == "key":
+            raise ValueError(f"job {job_id}: another active job holds the same key")
+        if verdict.startswith("state:"):
+            raise ValueError(f"job {job_id} is {verdict[6:]}; only failed or cancelled jobs can be retried")
+        return verdict
+
+    def delete(self, job_id: str) -> bool:
+        _, n = self._one("delete", job_id)
+        return bool(n)
+
+    def _flags(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        pipe = self._conn().pipeline(transaction=not self.cluster)
+        for command in commands:
+            pipe.execute_command(*command)
+        try:
+            pipe.execute()
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    def pause(self, queue: str) -> None:
+        self._flags([("SADD", self.prefix + ":paused", queue), ("SET", self._base(queue) + ":paused", "1")])
+
+    def resume(self, queue: str) -> None:
+        wake = self._base(queue) + ":wake"
+        self._flags([("SREM", self.prefix + ":paused", queue), ("DEL", self._base(queue) + ":paused"),
+                     ("RPUSH", wake, "1"), ("LTRIM", wake, 0, 15)])
+
+    def purge(self, queue: str | None, states: Iterable[str] = ("queued", "scheduled")) -> int:
+        wanted = [s for s in dict.fromkeys(states) if s != "running"]
+        if not wanted:
+            return 0
+        n = 0
+        for name in [queue] if queue is not None else self._all_queues(fresh=True):
+            while True:
+                deleted, more = self._script("purge", [name], self.clock(), [BATCH, *wanted])
+                n += deleted
+                if not more:
+                    break
+        return n
+
+    def prune(self, older_than: float) -> int:
+        now = self.clock()
+        n = 0
+        for name in self._all_queues(fresh=True):
+            while True:
+                deleted, more = self._script("prune", [name], now, [_f(now - older_than), BATCH])
+                n += deleted
+                if not more:
+                    break
+        quiet = now - max(older_than, 3600.0)  # as the other stores: forget long-silent workers
+        r = self._conn()
+        try:
+            gone = r.zrangebyscore(self.prefix + ":seen", "-inf", f"({_f(quiet)}")
+            if gone:
+                self._flags([("HDEL", self.prefix + ":workers", *gone), ("ZREM", self.prefix + ":seen", *gone)])
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return n
+
+    # -- store queries -----------------------------------------------------------------------
+    @staticmethod
+    def _record(job_id: str, queue: str, h: dict[bytes, bytes]) -> JobRecord:
+        head, _, payload = (h.get(b"m") or b"").partition(b"\n")
+        try:
+            fixed = orjson.loads(head)
+            task, priority, max_attempts, timeout, created_at, enqueued_at = fixed
+        except (orjson.JSONDecodeError, TypeError, ValueError):  # a record written by hand: shown as it is
+            task, priority, max_attempts, timeout, created_at, enqueued_at = "", 0, 1, None, 0.0, None
+            payload = h.get(b"m") or b""
+        error, history = h.get(b"error"), h.get(b"history")
+        message = h.get(b"progress_message")
+        return JobRecord(
+            id=job_id, task=str(task), queue=queue, state=h[b"state"].decode(), payload=payload,
+            priority=int(priority), key=_text(h.get(b"key")), attempts=_int(h.get(b"attempts"), 0),
+            max_attempts=int(max_attempts), timeout=timeout, created_at=created_at,
+            run_at=_num(h.get(b"run_at")) or enqueued_at, started_at=_num(h.get(b"started_at")),
+            finished_at=_num(h.get(b"finished_at")), updated_at=_num(h.get(b"updated_at")) or enqueued_at,
+            lease_until=_num(h.get(b"lease_until")), token=_int(h.get(b"token"), 0),
+            consumer=_text(h.get(b"consumer")), cancel_requested=h.get(b"cancel_requested") == b"1",
+            progress=_num(h.get(b"progress")), progress_message=None if message is None else message.decode(),
+            result=h.get(b"result") or None, error=orjson.loads(error) if error else None,
+            history=orjson.loads(history) if history else [],
+        )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self.get_many([job_id])[0]
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        return [None if got is None else self._record(job_id, *got)
+                for job_id, got in zip(job_ids, self._records(job_ids))]
+
+    def list_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
+                  limit: int = 50, cursor: str | None = None) -> JobPage:
+        if limit <= 0:
+            return JobPage([], None)
+        which = "leases" if state == "running" else f"s:{state}" if state in ("failed", "cancelled") else "ids"
+        found: list[tuple[str, str]] = []
+        floor: str | None = None  # a queue whose scan ran out of budget was examined down to here
+        for name in [queue] if queue is not None else self._all_queues(fresh=True):
+            reply = self._script("page", [name], self.clock(),
+                                 [which, cursor or "", limit, state or "", task or "", SCAN_BUDGET])
+            ids = [i.decode() for i in reply[1:]]
+            if which == "leases":
+                ids = sorted((i for i in ids if cursor is None or i < cursor), reverse=True)[:limit + 1]
+            found += [(i, name) for i in ids]
+            if reply[0]:
+                stop = reply[0].decode()
+                floor = stop if floor is None else max(floor, stop)
+        found.sort(reverse=True)
+        if floor is not None:
+            found = [f for f in found if f[0] >= floor]
+        page = found[:limit]
+        self._remember(page)
+        records = [r for r in self.get_many([i for i, _ in page]) if r is not None]
+        more = len(found) > limit
+        return JobPage(records, page[-1][0] if more and page else floor)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        queues = self._all_queues(fresh=True)
+        replies = self._many([("HGETALL", self._base(name) + ":counts") for name in queues]) if queues else []
+        out: dict[str, dict[str, int]] = {}
+        for name, h in zip(queues, map(_as_dict, replies)):
+            per = {k.decode(): int(v) for k, v in h.items() if int(v) > 0}
+            if per:
+                out[name] = per
+        return out
+
+    def paused_queues(self) -> set[str]:
+        return {n.decode() for n in self._exec("SMEMBERS", self.prefix + ":paused")}
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        now = self.clock()
+        info = orjson.dumps(asdict(worker) | {"last_seen": now})
+        self._flags([("HSET", self.prefix + ":workers", worker.id, info),
+                     ("ZADD", self.prefix + ":seen", _f(now), worker.id)])
+
+    def unregister(self, worker_id: str) -> None:
+        self._flags([("HDEL", self.prefix + ":workers", worker_id), ("ZREM", self.prefix + ":seen", worker_id)])
+
+    def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
+        r = self._conn()
+        try:
+            ids = r.zrangebyscore(self.prefix + ":seen", _f(self.clock() - max_age), "+inf")
+            infos = r.hmget(self.prefix + ":workers", ids) if ids else []
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return [WorkerInfo(**orjson.loads(info)) for info in infos if info]
+
+    # -- events ------------------------------------------------------------------------------
+    def events(self, poll: float = 1.0) -> Iterator[dict[str, Any]]:
+        """Every state change, as published: ``{"queue", "state", "at", "ids"}`` (``state`` is
+        ``deleted`` for removed jobs). Runs until the caller stops iterating."""
+        pubsub = self._conn().pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.prefix + ":events")
+            while True:
+                message = pubsub.get_message(timeout=poll)
+                if message is not None and message.get("type") == "message":
+                    yield orjson.loads(message["data"])
+        except RedisError as exc:
+            raise self._error(exc) from None
+        finally:
+            pubsub.close()
