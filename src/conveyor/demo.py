@@ -119,11 +119,12 @@ def run_demo(db: str, n_jobs: int = 24, keep: bool = False) -> int:
         counts[r.state] = counts.get(r.state, 0) + 1
     console.print("[bold]finished:[/] " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     console.print(f"worker exited with code {worker.returncode}")
+    exe = os.path.join(os.path.dirname(sys.executable), "conveyor")
+    exe = os.path.relpath(exe) if exe.startswith(os.getcwd() + os.sep) else exe
     env = f"CONVEYOR_URL={url}"
-    console.print("Look around:\n"
-                  f"  {env} conveyor jobs {APP} --state failed\n"
-                  f"  {env} conveyor queues {APP}\n"
-                  f"  {env} conveyor job {APP} <id>")
+    console.print("Look around:", soft_wrap=True)
+    for line in (f"jobs {APP} --state failed", f"queues {APP}", f"job {APP} <id>"):
+        console.print(f"  {env} {exe} {line}", soft_wrap=True, markup=False, highlight=False)
     expected_failed = sum(1 for r in records if r.task.endswith("replicate"))
     ok = (done() and counts.get("failed", 0) == expected_failed and worker.returncode == 0)
     if not ok:
