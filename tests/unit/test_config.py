@@ -18,7 +18,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.url == "sqlite:///conveyor.db"
     assert s.store is None and s.queues is None
     assert s.concurrency == (os.cpu_count() or 2)
-    assert (s.pool, s.prefetch, s.retries, s.serializer) == ("process", 32, 3, "json")
+    assert (s.pool, s.prefetch, s.retries, s.serializer) == ("process", 128, 3, "json")
     assert (s.lease, s.grace, s.kill_after) == (10.0, 30.0, 5.0)
     assert s.max_payload == 1_048_576
     assert set(s.sources().values()) == {"default"}

@@ -30,7 +30,7 @@ log = logging.getLogger("conveyor.worker")
 
 EXIT_STOPPED = 0
 EXIT_RECYCLE = 3
-ACK_BATCH = 64
+ACK_BATCH = 128
 ACK_DELAY = 0.02  # seconds a finished job may wait for its ack to be batched with others
 # Seconds of work a consumer leases ahead. Prefetching more would let one consumer hoard slow
 # jobs while its siblings idle; short jobs still go in batches of up to ``prefetch``.
