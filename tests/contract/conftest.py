@@ -8,6 +8,11 @@ Every broker gets the same :class:`FakeClock`, so tests move time instead of sle
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,36 +39,108 @@ def _sqlite(tmp_path: Path, clock: FakeClock) -> Broker:
 
 
 def _redis(tmp_path: Path, clock: FakeClock) -> Broker:
-    """Database 15 (never 0: the benchmark harness flushes it) and a key prefix of its own per test."""
+    """Database 15 (never 0: the benchmark harness flushes it) and a key prefix of its own per test,
+    whose keys are deleted at teardown."""
     require_service(REDIS_URL, "Redis")
     from conveyor.brokers.redis import RedisBroker
 
     prefix = f"contract-{uuid_utils.uuid7().hex}"
     separator = "&" if "?" in REDIS_URL else "?"
-    broker = RedisBroker(f"{REDIS_URL}{separator}prefix={prefix}", clock=clock)
-    _CLEANUPS.append(lambda: _drop_keys(REDIS_URL, prefix))
-    return broker
+    return RedisBroker(f"{REDIS_URL}{separator}prefix={prefix}", clock=clock)
 
 
-def _drop_keys(url: str, prefix: str) -> None:
-    import redis
+class RedisCluster:
+    """Three redis-server processes in cluster mode (no replicas), started once for the session."""
 
-    client = redis.Redis.from_url(url)
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @staticmethod
+    def _free_port() -> int:
+        while True:  # the cluster bus listens on port + 10000: both must be free
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port < 55000:
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", port + 10000))
+                    except OSError:
+                        continue
+                return port
+
+    def start(self) -> str:
+        for _ in range(3):
+            port = self._free_port()
+            folder = self.folder / str(port)
+            folder.mkdir()
+            self.ports.append(port)
+            self.procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+        deadline = time.monotonic() + 20
+        while not all(_answers(p) for p in self.ports):
+            assert time.monotonic() < deadline, "the cluster nodes did not start"
+            time.sleep(0.05)
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+        while b"cluster_state:ok" not in subprocess.run(
+                ["redis-cli", "-p", str(self.ports[0]), "cluster", "info"], capture_output=True, timeout=10).stdout:
+            assert time.monotonic() < deadline, "the cluster did not become ready"
+            time.sleep(0.05)
+        return f"redis://127.0.0.1:{self.ports[0]}/0?cluster=1"
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _answers(port: int) -> bool:
     try:
-        for pattern in (f"{prefix}:*", f"{{{prefix}:*"):
-            keys = list(client.scan_iter(match=pattern, count=1000))
-            for i in range(0, len(keys), 500):
-                client.delete(*keys[i:i + 500])
-    finally:
-        client.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
-_CLEANUPS: list[Callable[[], None]] = []
+_CLUSTER: list[tuple[RedisCluster, str]] = []
+
+
+def _redis_cluster(tmp_path: Path, clock: FakeClock) -> Broker:
+    """A Redis Cluster of three nodes started by the suite (once), a key prefix per test."""
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        if os.environ.get("CI"):
+            pytest.fail("redis-server and redis-cli are needed for the cluster tests (CI is set)")
+        pytest.skip("redis-server and redis-cli are not installed")
+    if not _CLUSTER:
+        cluster = RedisCluster()
+        try:
+            _CLUSTER.append((cluster, cluster.start()))
+        except BaseException:
+            cluster.stop()
+            raise
+    from conveyor.brokers.redis import RedisBroker
+
+    return RedisBroker(f"{_CLUSTER[0][1]}&prefix=contract-{uuid_utils.uuid7().hex}", clock=clock)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_cluster() -> Iterator[None]:
+    yield
+    while _CLUSTER:
+        _CLUSTER.pop()[0].stop()
+
 
 BROKERS: dict[str, Callable[[Path, FakeClock], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
+    "redis-cluster": _redis_cluster,
 }
 
 
@@ -75,13 +152,14 @@ def clock() -> FakeClock:
 @pytest.fixture(params=list(BROKERS))
 def broker(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Broker]:
     made = BROKERS[request.param](tmp_path, clock)
+    made.open()
     try:
-        made.open()
         yield made
     finally:
+        drop = getattr(made, "drop", None)  # brokers on a shared server delete their keys
+        if drop is not None:
+            drop()
         made.close()
-        while _CLEANUPS:
-            _CLEANUPS.pop()()
 
 
 @pytest.fixture

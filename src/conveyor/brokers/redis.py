@@ -43,6 +43,12 @@ from ..errors import BrokerError, JobNotFound
 from . import Broker, Clock, ExtendResult, JobPage, JobRecord, Lease, Message, Outcome, WorkerInfo
 from .memory import LOST_LEASE
 
+_pack: Any
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - redis-py's own packer then
+    _pack = None
+
 log = logging.getLogger(__name__)
 
 OUTCOME_STATES = frozenset({"succeeded", "failed", "cancelled", "scheduled", "queued"})
@@ -131,7 +137,7 @@ def _unpack(m: bytes) -> tuple[str, int, int, float | None, bytes]:
 
 
 class RedisBroker(Broker):
-    """Broker and job store on Redis (standalone, Sentinel-less, or Cluster with ``?cluster=1``)."""
+    """Broker and job store on one Redis server, or on a Redis Cluster with ``?cluster=1``."""
 
     scheme = "redis"
     supports_blocking_fetch = True
@@ -182,6 +188,8 @@ class RedisBroker(Broker):
         if self.cluster:
             try:
                 return self._conn().execute_command(*args)
+            except NoScriptError:
+                raise
             except RedisError as exc:
                 raise self._error(exc) from None
         link = getattr(self._local, "link", None)
@@ -192,7 +200,10 @@ class RedisBroker(Broker):
                 self._links.append(link)
 
         def attempt() -> Any:
-            link.send_command(*args)
+            if _pack is not None:  # hiredis packs the whole command in C
+                link.send_packed_command([_pack(args)])
+            else:
+                link.send_command(*args)
             return link.read_response()
 
         def failed(error: Exception) -> None:
@@ -412,7 +423,7 @@ class RedisBroker(Broker):
             out = self._script("enqueue", group, now, args, self._register(group))
             for k in range(0, len(out), 2):
                 ids[positions[out[k] - 1]] = out[k + 1].decode()
-        self._remember((job_id, m.queue) for job_id, m in zip(ids, messages))
+        self._remember((job_id, m.queue) for job_id, m in zip(ids, messages) if job_id == m.id)
         return ids
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
@@ -485,7 +496,7 @@ class RedisBroker(Broker):
                 positions.append(pos)
                 at = o.finished_at or now
                 args += [qi, o.job_id, str(o.token), o.state, o.result or b"",
-                         orjson.dumps(o.error) if o.error is not None else "",
+                         orjson.dumps(o.error, default=str) if o.error is not None else "",
                          _f(o.started_at) if o.started_at else "",
                          _f(o.finished_at) if o.finished_at is not None else "",
                          _f(o.run_at) if o.run_at is not None else "", _f(at)]
@@ -622,8 +633,9 @@ class RedisBroker(Broker):
     def _record(job_id: str, queue: str, h: dict[bytes, bytes]) -> JobRecord:
         head, _, payload = (h.get(b"m") or b"").partition(b"\n")
         try:
-            fixed = orjson.loads(head)
-            task, priority, max_attempts, timeout, created_at, enqueued_at = fixed
+            task, priority, max_attempts, timeout, created_at, enqueued_at = orjson.loads(head)
+            priority, max_attempts, created_at = int(priority), int(max_attempts), float(created_at)
+            timeout = None if timeout is None else float(timeout)
         except (orjson.JSONDecodeError, TypeError, ValueError):  # a record written by hand: shown as it is
             task, priority, max_attempts, timeout, created_at, enqueued_at = "", 0, 1, None, 0.0, None
             payload = h.get(b"m") or b""
@@ -631,8 +643,8 @@ class RedisBroker(Broker):
         message = h.get(b"progress_message")
         return JobRecord(
             id=job_id, task=str(task), queue=queue, state=h[b"state"].decode(), payload=payload,
-            priority=int(priority), key=_text(h.get(b"key")), attempts=_int(h.get(b"attempts"), 0),
-            max_attempts=int(max_attempts), timeout=timeout, created_at=created_at,
+            priority=priority, key=_text(h.get(b"key")), attempts=_int(h.get(b"attempts"), 0),
+            max_attempts=max_attempts, timeout=timeout, created_at=created_at,
             run_at=_num(h.get(b"run_at")) or enqueued_at, started_at=_num(h.get(b"started_at")),
             finished_at=_num(h.get(b"finished_at")), updated_at=_num(h.get(b"updated_at")) or enqueued_at,
             lease_until=_num(h.get(b"lease_until")), token=_int(h.get(b"token"), 0),
@@ -705,6 +717,22 @@ class RedisBroker(Broker):
         except RedisError as exc:
             raise self._error(exc) from None
         return [WorkerInfo(**orjson.loads(info)) for info in infos if info]
+
+    def drop(self) -> int:
+        """Delete every key under this broker's prefix: all its jobs, queues and workers (tests,
+        tear-down). Returns how many keys were deleted."""
+        r = self._conn()
+        n = 0
+        try:
+            for pattern in (f"{self.prefix}:*", f"{{{self.prefix}:*"):
+                keys = list(r.scan_iter(match=pattern, count=1000))
+                if self.cluster:  # one key at a time: a multi-key DEL must stay within one slot
+                    n += sum(r.delete(k) for k in keys)
+                else:
+                    n += sum(r.delete(*keys[i:i + 500]) for i in range(0, len(keys), 500))
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return n
 
     # -- events ------------------------------------------------------------------------------
     def events(self, poll: float = 1.0) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,135 @@
+"""The Redis broker's own promises beyond the contract: events, blocking wake-up without polling,
+start-up warnings about settings that lose jobs, clear errors when Redis is out of reach."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import uuid_utils
+
+from conftest import REDIS_URL, RedisServer, free_port, unique_url
+from conveyor.brokers import Message, Outcome
+from conveyor.brokers.redis import RedisBroker
+from conveyor.errors import BrokerError
+from conveyor.testing import require_service
+
+
+@pytest.fixture
+def broker() -> Iterator[RedisBroker]:
+    require_service(REDIS_URL, "Redis")
+    made = RedisBroker(unique_url(REDIS_URL)[0])
+    made.open()
+    try:
+        yield made
+    finally:
+        made.drop()
+        made.close()
+
+
+def message(queue: str = "default", **fields: Any) -> Message:
+    return Message(id=str(uuid_utils.uuid7()), task="t.noop", queue=queue, payload=b"{}", created_at=time.time(),
+                   **fields)
+
+
+def test_every_state_change_is_published(broker: RedisBroker) -> None:
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        events = broker.fork().events(poll=0.05)  # type: ignore[attr-defined]
+        ready.set()
+        for event in events:
+            seen.append(event)
+            if event["state"] == "deleted":
+                return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(5)
+    time.sleep(0.3)  # the subscription is in place
+    m = message()
+    broker.enqueue([m])
+    (lease,) = broker.fetch(["default"], 1, 30, "c1")
+    broker.ack([Outcome(m.id, lease.token, "succeeded", result=b"1")])
+    assert broker.delete(m.id)
+    listener.join(10)
+    assert [(e["queue"], e["state"], e["ids"]) for e in seen] == [
+        ("default", s, [m.id]) for s in ("queued", "running", "succeeded", "deleted")]
+    assert all(isinstance(e["at"], float) for e in seen)
+
+
+def test_an_idle_consumer_blocks_and_wakes_at_once_on_enqueue(broker: RedisBroker) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    assert broker.fetch(["default"], 10, 30, "c1") == []
+    woke: list[float] = []
+
+    def consumer() -> None:
+        broker.wait(["default"], 5.0)
+        woke.append(time.monotonic())
+
+    before = client.info("commandstats").get("cmdstat_blpop", {}).get("calls", 0)
+    waiter = threading.Thread(target=consumer)
+    waiter.start()
+    time.sleep(0.5)
+    assert not woke, "wait() returned without work"
+    enqueued = time.monotonic()
+    broker.enqueue([message()])
+    waiter.join(5)
+    client_calls = client.info("commandstats").get("cmdstat_blpop", {}).get("calls", 0) - before
+    client.close()
+    assert woke and woke[0] - enqueued < 0.5
+    assert client_calls <= 2, f"{client_calls} BLPOPs for one wait: polling, not blocking"
+    assert len(broker.fetch(["default"], 10, 30, "c1")) == 1
+
+
+def test_a_scheduled_job_wakes_a_waiting_consumer_when_due(broker: RedisBroker) -> None:
+    broker.enqueue([message(run_at=time.time() + 0.4)])
+    assert broker.fetch(["default"], 10, 30, "c1") == []
+    started = time.monotonic()
+    broker.wait(["default"], 5.0)
+    assert time.monotonic() - started < 1.5
+    time.sleep(max(0.0, 0.45 - (time.monotonic() - started)))
+    assert len(broker.fetch(["default"], 10, 30, "c1")) == 1
+
+
+def test_start_up_warns_about_settings_that_lose_jobs(redis_server: RedisServer,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    client = redis.Redis(port=redis_server.port)
+    client.config_set("appendonly", "no")
+    client.config_set("save", "")
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    client.close()
+    broker = RedisBroker(redis_server.url)
+    with caplog.at_level(logging.WARNING, logger="conveyor.brokers.redis"):
+        broker.open()
+    broker.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("maxmemory-policy is allkeys-lru" in line and "evicts" in line for line in lines), lines
+    assert any("persistence is off" in line and "loses every job" in line for line in lines), lines
+
+
+def test_an_unreachable_server_is_a_clear_broker_error(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    broker = RedisBroker(f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.2")
+    with pytest.raises(BrokerError, match=f"cannot reach Redis at 127.0.0.1:{port}/0"):
+        broker.open()
+    with pytest.raises(BrokerError, match="cannot reach Redis"):
+        broker.fetch(["default"], 1, 30, "c1")
+    started = time.monotonic()
+    broker.wait(["default"], 0.3)  # never raises: the next fetch reports the outage
+    assert time.monotonic() - started < 10
+    assert any("cannot reach Redis" in r.getMessage() for r in caplog.records)
+    broker.close()
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/15?nonsense=1", "redis://127.0.0.1:6379/15?prefix=a{b}",
+                                 "redis://127.0.0.1:6379/15?prefix=", "http://127.0.0.1:6379/15"])
+def test_bad_urls_are_refused(url: str) -> None:
+    with pytest.raises(BrokerError):
+        RedisBroker(url)
