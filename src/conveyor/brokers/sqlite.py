@@ -410,20 +410,31 @@ class SQLiteBroker(Broker):
                 for queue, b, ok, failed, run_mean, run_p95, wait_mean in rows]
 
     def changes(self, after: str | None, limit: int = 500) -> tuple[list[Event], str]:
+        """New jobs (by seq) first, then logged changes. A cursor is ``"<log id>-<seq>"``."""
+        limit = max(0, limit)
         with self._read() as conn:
-            last, oldest = conn.execute(Q["last_event"]).fetchone()
+            last_log, oldest_log, last_seq = conn.execute(Q["last_change"]).fetchone()
             if after is None:
-                return [], str(last)
+                return [], f"{last_log}-{last_seq}"
+            log_id, _, seq_text = after.partition("-")
             try:
-                start = int(after)
+                log_from, seq_from = int(log_id), int(seq_text)
             except ValueError:
-                start = -1
-            # Past the end, or before what the log still holds: the caller must reload.
-            if start < 0 or start > last or (oldest and start < oldest - 1):
-                return [Event(str(last), "reset", {}, self.clock())], str(last)
-            rows = conn.execute(Q["changes"], (start, max(0, limit))).fetchall()
-        events = [_event(row) for row in rows]
-        return events, events[-1].id if events else str(start)
+                log_from = seq_from = -1
+            # Garbled, from the future, or before what the log still holds: the caller must reload.
+            if min(log_from, seq_from) < 0 or log_from > last_log or (oldest_log and log_from < oldest_log - 1):
+                return [Event(f"{last_log}-{last_seq}", "reset", {}, self.clock())], f"{last_log}-{last_seq}"
+            # The newest jobs were deleted: SQLite hands their seq out again, so look from there.
+            seq_from = min(seq_from, last_seq)
+            events: list[Event] = []
+            for seq, at, *data in conn.execute(Q["new_jobs"], (seq_from, limit)).fetchall():
+                seq_from = seq
+                events.append(Event(f"{log_from}-{seq}", "job", _job_data(*data), at))
+            if len(events) < limit:
+                for row in conn.execute(Q["changes"], (log_from, limit - len(events))).fetchall():
+                    log_from = row[0]
+                    events.append(_event(f"{log_from}-{seq_from}", row))
+        return events, f"{log_from}-{seq_from}"
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -452,14 +463,19 @@ class SQLiteBroker(Broker):
         return [WorkerInfo(**orjson.loads(info)) for info, _ in rows]
 
 
-def _event(row: tuple[Any, ...]) -> Event:
-    event_id, at, kind, ref, state, task, queue, progress, message, attempts = row
+def _job_data(job_id: str, state: str, task: str, queue: str, progress: float | None, message: str | None,
+              attempts: int | None) -> dict[str, Any]:
+    return {"id": job_id, "task": task, "queue": queue, "state": state, "progress": progress,
+            "progress_message": message, "attempts": attempts}
+
+
+def _event(event_id: str, row: tuple[Any, ...]) -> Event:
+    _, at, kind, ref, state, task, queue, progress, message, attempts = row
     data: dict[str, Any]
     if kind == "job":
-        data = {"id": ref, "task": task, "queue": queue, "state": state, "progress": progress,
-                "progress_message": message, "attempts": attempts}
+        data = _job_data(ref, state, task, queue, progress, message, attempts)
     elif kind == "queue":
         data = {"name": ref, "paused": state == "paused"}
     else:
         data = {"id": ref, "state": state}
-    return Event(str(event_id), kind, data, at)
+    return Event(event_id, kind, data, at)

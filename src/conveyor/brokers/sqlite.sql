@@ -44,55 +44,58 @@ INSERT OR IGNORE INTO conveyor_meta (name, value) VALUES ('schema_version', '1')
 CREATE INDEX IF NOT EXISTS conveyor_jobs_any_key ON conveyor_jobs (key, seq) WHERE key IS NOT NULL;
 -- For stats: failed jobs by finish time (succeeded ones use conveyor_jobs_finished).
 CREATE INDEX IF NOT EXISTS conveyor_jobs_failed ON conveyor_jobs (finished_at) WHERE state = 'failed';
--- The change log read by changes(): filled by triggers, so every write path (and every process)
--- records its changes atomically with them. "ref" is the job id, queue name or worker id.
-CREATE TABLE IF NOT EXISTS conveyor_events (
+-- The change log read by changes(), filled by triggers so that every write path (of any process)
+-- records its changes atomically with them. New jobs need no entry: changes() reads them by seq,
+-- which keeps enqueue as fast as before. A job's entry holds its seq (joined at read time) and
+-- the state it entered; a deleted job's, its id, task and queue. "ref" names a queue or a worker.
+-- (An early version logged into conveyor_events, with a trigger on insert: gone.)
+DROP TRIGGER IF EXISTS conveyor_jobs_inserted;
+DROP TRIGGER IF EXISTS conveyor_jobs_changed;
+DROP TRIGGER IF EXISTS conveyor_jobs_deleted;
+DROP TRIGGER IF EXISTS conveyor_queues_inserted;
+DROP TRIGGER IF EXISTS conveyor_queues_changed;
+DROP TRIGGER IF EXISTS conveyor_workers_seen;
+DROP TRIGGER IF EXISTS conveyor_workers_beat;
+DROP TRIGGER IF EXISTS conveyor_workers_gone;
+DROP TABLE IF EXISTS conveyor_events;
+CREATE TABLE IF NOT EXISTS conveyor_changes (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
     kind TEXT NOT NULL,
-    ref TEXT NOT NULL,
+    job INTEGER,
+    ref TEXT,
     state TEXT,
     task TEXT,
-    queue TEXT,
-    progress REAL,
-    message TEXT,
-    attempts INTEGER
+    queue TEXT
 );
-CREATE TRIGGER IF NOT EXISTS conveyor_jobs_inserted AFTER INSERT ON conveyor_jobs BEGIN
-    INSERT INTO conveyor_events (at, kind, ref, state, task, queue, progress, message, attempts)
-    VALUES (coalesce(NEW.updated_at, NEW.created_at), 'job', NEW.id, NEW.state, NEW.task, NEW.queue,
-            NEW.progress, NEW.progress_message, NEW.attempts);
-END;
-CREATE TRIGGER IF NOT EXISTS conveyor_jobs_changed
+CREATE TRIGGER IF NOT EXISTS conveyor_changes_job_updated
 AFTER UPDATE OF state, progress, progress_message, cancel_requested ON conveyor_jobs
 WHEN NEW.state IS NOT OLD.state OR NEW.progress IS NOT OLD.progress
      OR NEW.progress_message IS NOT OLD.progress_message OR NEW.cancel_requested IS NOT OLD.cancel_requested
 BEGIN
-    INSERT INTO conveyor_events (at, kind, ref, state, task, queue, progress, message, attempts)
-    VALUES (coalesce(NEW.updated_at, NEW.created_at), 'job', NEW.id, NEW.state, NEW.task, NEW.queue,
-            NEW.progress, NEW.progress_message, NEW.attempts);
+    INSERT INTO conveyor_changes (at, kind, job, state) VALUES (NEW.updated_at, 'job', NEW.seq, NEW.state);
 END;
-CREATE TRIGGER IF NOT EXISTS conveyor_jobs_deleted AFTER DELETE ON conveyor_jobs BEGIN
-    INSERT INTO conveyor_events (at, kind, ref, state, task, queue, attempts)
-    VALUES ((julianday('now') - 2440587.5) * 86400.0, 'job', OLD.id, 'deleted', OLD.task, OLD.queue, OLD.attempts);
+CREATE TRIGGER IF NOT EXISTS conveyor_changes_job_deleted AFTER DELETE ON conveyor_jobs BEGIN
+    INSERT INTO conveyor_changes (at, kind, ref, state, task, queue)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, 'job', OLD.id, 'deleted', OLD.task, OLD.queue);
 END;
-CREATE TRIGGER IF NOT EXISTS conveyor_queues_inserted AFTER INSERT ON conveyor_queues BEGIN
-    INSERT INTO conveyor_events (at, kind, ref, state)
+CREATE TRIGGER IF NOT EXISTS conveyor_changes_queue_added AFTER INSERT ON conveyor_queues BEGIN
+    INSERT INTO conveyor_changes (at, kind, ref, state)
     VALUES ((julianday('now') - 2440587.5) * 86400.0, 'queue', NEW.name, CASE WHEN NEW.paused THEN 'paused' ELSE 'active' END);
 END;
-CREATE TRIGGER IF NOT EXISTS conveyor_queues_changed AFTER UPDATE OF paused ON conveyor_queues
+CREATE TRIGGER IF NOT EXISTS conveyor_changes_queue_updated AFTER UPDATE OF paused ON conveyor_queues
 WHEN NEW.paused IS NOT OLD.paused BEGIN
-    INSERT INTO conveyor_events (at, kind, ref, state)
+    INSERT INTO conveyor_changes (at, kind, ref, state)
     VALUES ((julianday('now') - 2440587.5) * 86400.0, 'queue', NEW.name, CASE WHEN NEW.paused THEN 'paused' ELSE 'active' END);
 END;
-CREATE TRIGGER IF NOT EXISTS conveyor_workers_seen AFTER INSERT ON conveyor_workers BEGIN
-    INSERT INTO conveyor_events (at, kind, ref, state) VALUES (NEW.last_seen, 'worker', NEW.id, 'seen');
+CREATE TRIGGER IF NOT EXISTS conveyor_changes_worker_added AFTER INSERT ON conveyor_workers BEGIN
+    INSERT INTO conveyor_changes (at, kind, ref, state) VALUES (NEW.last_seen, 'worker', NEW.id, 'seen');
 END;
-CREATE TRIGGER IF NOT EXISTS conveyor_workers_beat AFTER UPDATE ON conveyor_workers BEGIN
-    INSERT INTO conveyor_events (at, kind, ref, state) VALUES (NEW.last_seen, 'worker', NEW.id, 'seen');
+CREATE TRIGGER IF NOT EXISTS conveyor_changes_worker_beat AFTER UPDATE ON conveyor_workers BEGIN
+    INSERT INTO conveyor_changes (at, kind, ref, state) VALUES (NEW.last_seen, 'worker', NEW.id, 'seen');
 END;
-CREATE TRIGGER IF NOT EXISTS conveyor_workers_gone AFTER DELETE ON conveyor_workers BEGIN
-    INSERT INTO conveyor_events (at, kind, ref, state)
+CREATE TRIGGER IF NOT EXISTS conveyor_changes_worker_gone AFTER DELETE ON conveyor_workers BEGIN
+    INSERT INTO conveyor_changes (at, kind, ref, state)
     VALUES ((julianday('now') - 2440587.5) * 86400.0, 'worker', OLD.id, 'gone');
 END;
 
@@ -241,21 +244,28 @@ SELECT queue, b, sum(state = 'succeeded'), sum(state = 'failed'), avg(run),
 FROM ranked GROUP BY queue, b ORDER BY b, queue
 
 -- name: changes
-SELECT id, at, kind, ref, state, task, queue, progress, message, attempts
-FROM conveyor_events WHERE id > ? ORDER BY id LIMIT ?
+SELECT e.id, e.at, e.kind, coalesce(j.id, e.ref), e.state, coalesce(j.task, e.task), coalesce(j.queue, e.queue),
+       j.progress, j.progress_message, j.attempts
+FROM conveyor_changes e LEFT JOIN conveyor_jobs j ON j.seq = e.job
+WHERE e.id > ? ORDER BY e.id LIMIT ?
 
--- name: last_event
-SELECT coalesce(max(id), 0), coalesce(min(id), 0) FROM conveyor_events
+-- name: new_jobs
+SELECT seq, coalesce(updated_at, created_at), id, state, task, queue, progress, progress_message, attempts
+FROM conveyor_jobs WHERE seq > ? ORDER BY seq LIMIT ?
+
+-- name: last_change
+SELECT (SELECT coalesce(max(id), 0) FROM conveyor_changes), (SELECT coalesce(min(id), 0) FROM conveyor_changes),
+       (SELECT coalesce(max(seq), 0) FROM conveyor_jobs)
 
 -- name: oldest_event
-SELECT at FROM conveyor_events ORDER BY id LIMIT 1
+SELECT at FROM conveyor_changes ORDER BY id LIMIT 1
 
 -- name: prune_events_by_count
-DELETE FROM conveyor_events WHERE id <= (SELECT max(id) FROM conveyor_events) - :keep
+DELETE FROM conveyor_changes WHERE id <= (SELECT max(id) FROM conveyor_changes) - :keep
 
 -- name: prune_events_by_age
 -- Ids follow time, so everything before the first young event is old; the newest row always stays,
 -- so ids never restart (which would confuse cursors).
-DELETE FROM conveyor_events
-WHERE id < coalesce((SELECT id FROM conveyor_events WHERE at >= :cutoff ORDER BY id LIMIT 1),
-                    (SELECT max(id) FROM conveyor_events))
+DELETE FROM conveyor_changes
+WHERE id < coalesce((SELECT id FROM conveyor_changes WHERE at >= :cutoff ORDER BY id LIMIT 1),
+                    (SELECT max(id) FROM conveyor_changes))
