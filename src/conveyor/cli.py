@@ -349,12 +349,24 @@ def _redact(url: str) -> str:
 @click.option("--db", default="conveyor-demo.db", show_default=True, help="SQLite file to create.")
 @click.option("--jobs", "n_jobs", type=click.IntRange(1, 10_000), default=24, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the database from an earlier demo.")
-def demo(db: str, n_jobs: int, keep: bool) -> None:
-    """Start a worker on a fresh SQLite database, enqueue sample jobs and watch them live."""
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Dashboard port on 127.0.0.1 (0: any free port).")
+@click.option("--serve/--no-serve", default=None,
+              help="Keep the dashboard running after the jobs end (default: when run in a terminal).")
+def demo(db: str, n_jobs: int, keep: bool, port: int, serve: bool | None) -> None:
+    """Start a worker and the dashboard on a fresh SQLite database, enqueue sample jobs, watch them."""
     from .demo import run_demo
 
-    sys.exit(run_demo(db, n_jobs, keep))
+    sys.exit(run_demo(db, n_jobs, keep, port=port, serve=serve))
 
+
+def _register_web() -> None:
+    from .web.command import web
+
+    main.add_command(web)
+
+
+_register_web()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -53,8 +53,22 @@ def _table(records: list[Any]) -> Any:
     return table
 
 
-def run_demo(db: str, n_jobs: int = 24, keep: bool = False) -> int:
-    """Run the demo; returns the exit code (0 when every job ended as expected)."""
+def _start_dashboard(app: Any, port: int) -> tuple[Any, str, Any]:
+    from .web.command import serve_in_thread
+
+    try:
+        return serve_in_thread(app, "127.0.0.1", port)
+    except OSError:  # the port is taken: any free one will do
+        return serve_in_thread(app, "127.0.0.1", 0)
+
+
+def run_demo(db: str, n_jobs: int = 24, keep: bool = False, port: int = 8000,
+             serve: bool | None = None) -> int:
+    """Run the demo; returns the exit code (0 when every job ended as expected).
+
+    The dashboard runs on 127.0.0.1 for the demo's length; with ``serve`` (default: when stdin is a
+    terminal) it stays up after the jobs end, until Ctrl-C.
+    """
     from rich.console import Console
 
     console = Console()
@@ -70,6 +84,8 @@ def run_demo(db: str, n_jobs: int = 24, keep: bool = False) -> int:
     demo_tasks.app.open()
     log_path = os.path.splitext(path)[0] + ".log"
     console.print(f"[bold]Conveyor demo[/] — database {path}, worker log {log_path}")
+    server, login_url, web_app = _start_dashboard(demo_tasks.app, port)
+    console.print(f"[bold]Dashboard:[/] {login_url}", soft_wrap=True)
     with open(log_path, "w") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "conveyor.cli", "worker", APP, "--concurrency", "2", "--grace", "10"],
@@ -129,4 +145,16 @@ def run_demo(db: str, n_jobs: int = 24, keep: bool = False) -> int:
     ok = (done() and counts.get("failed", 0) == expected_failed and worker.returncode == 0)
     if not ok:
         console.print(f"[red]the demo did not end as expected[/] (see {log_path})")
+    if serve is None:
+        serve = sys.stdin.isatty() and console.is_terminal
+    try:
+        if serve:
+            console.print(f"The dashboard stays up at {login_url} — press Ctrl-C to stop.", soft_wrap=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        web_app.close()
     return 0 if ok else 1
