@@ -83,6 +83,12 @@ def crash_once() -> int:
     return os.getpid()
 
 
+@app.task(name="crash_now", retries=0)
+def crash_now() -> None:
+    note("crash_now.log", str(os.getpid()))
+    os.kill(os.getpid(), 9)  # dies mid-job, as a segfault or the OOM killer would
+
+
 @app.task(name="hang", timeout=0.5, retries=0)
 def hang() -> None:
     note("hang.log", str(os.getpid()))

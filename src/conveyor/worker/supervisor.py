@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import uuid_utils
 
-from ..brokers import Outcome
+from ..brokers import JobRecord, Outcome
 from ..errors import ConfigError, ConveyorError
 from .pools import POOLS, Member, ProcessMember, ThreadMember
 from .runner import EXIT_RECYCLE, EXIT_STOPPED
@@ -103,13 +103,32 @@ class Supervisor:
         log.error("member %d (pid %d) died (%s); %d job(s) handed back; restarting in %.1fs",
                   index, member.pid, how, released, delay)
 
-    def _release(self, member: Member, reason: str) -> int:
+    def _release(self, member: Member, reason: str, count_executing: bool = True) -> int:
+        """Hand back every job ``member`` still holds. Jobs it only fetched ahead go back as if never
+        delivered; the job it was executing counts as an attempt (``count_executing``), because it may
+        be what killed the member; at shutdown nothing counts. Returns how many went back."""
+        executing = {job_id for slot in member.slots if (job_id := slot.current())}
         try:
-            return self.broker.release(member.consumer_id, reason)
+            held = self._held_by(member.consumer_id)
+            back = [Outcome(r.id, r.token, "queued") for r in held
+                    if not (count_executing and r.id in executing)]
+            returned = sum(self.broker.ack(back)) if back else 0
+            return returned + self.broker.release(member.consumer_id, reason)
         except ConveyorError as exc:
             log.error("could not hand back jobs of %s (they return when their leases expire): %s",
                       member.consumer_id, exc)
             return 0
+
+    def _held_by(self, consumer_id: str) -> list[JobRecord]:
+        """The running jobs leased by one consumer (few: at most its prefetch)."""
+        held: list[JobRecord] = []
+        cursor = None
+        while True:
+            page = self.broker.list_jobs(state="running", limit=1000, cursor=cursor)
+            held.extend(r for r in page.jobs if r.consumer == consumer_id)
+            if page.cursor is None:
+                return held
+            cursor = page.cursor
 
     def _watchdog(self) -> None:
         now = time.time()
@@ -217,7 +236,7 @@ class Supervisor:
                 member.kill()
         for _, member in members:
             member.join(5.0)
-            self._release(member, "the worker shut down before the job finished")
+            self._release(member, "the worker shut down before the job finished", count_executing=False)
         self.members.clear()
         self.broker.close()
         log.info("conveyor worker %s stopped", self.id)
