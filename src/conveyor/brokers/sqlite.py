@@ -118,20 +118,37 @@ class SQLiteBroker(Broker):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. SQLite's own errors (locked past busy_timeout, disk full, I/O)
+        become BrokerError, which the worker logs and retries; IntegrityError is left to callers."""
         with self._lock:
             conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._failure(exc) from exc
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                    raise self._failure(exc) from exc
                 raise
-            conn.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            yield self._connect()
+            try:
+                yield self._connect()
+            except sqlite3.Error as exc:
+                raise self._failure(exc) from exc
+
+    def _failure(self, exc: sqlite3.Error) -> BrokerError:
+        return BrokerError(f"SQLite database {os.path.abspath(self.path)}: {exc}")
 
     # -- moving jobs -------------------------------------------------------------------------
     def enqueue(self, messages: Sequence[Message]) -> list[str]:
