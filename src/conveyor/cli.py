@@ -193,12 +193,20 @@ def jobs(app_spec: str, state: str | None, queue: str | None, task: str | None, 
 
     table = Table(Column("id", no_wrap=True, min_width=36), "task", "queue", "state", "attempts", "created",
                   "progress", "error")
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+
+    console = _console()
     for r in page.jobs:
-        progress = f"{r.progress:.0%}" if r.progress is not None else ""
+        progress: Any = ""
+        if r.progress is not None:
+            label = _plain(f"{r.progress:.0%}")
+            # A bar where a terminal can draw one; the percentage alone in a pipe or a log.
+            progress = Group(ProgressBar(total=1.0, completed=r.progress, width=12), label) \
+                if console.is_terminal else label
         error = f"{r.error.get('type')}: {r.error.get('message', '')}"[:60] if r.error else ""
         table.add_row(*map(_plain, (r.id, r.task, r.queue, r.state, f"{r.attempts}/{r.max_attempts}",
-                                    _ts(r.created_at), progress, error)))
-    console = _console()
+                                    _ts(r.created_at))), progress, _plain(error))
     console.print(table)
     if page.cursor:
         console.print(f"more: --cursor {page.cursor}")
