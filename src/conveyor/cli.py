@@ -204,7 +204,8 @@ def jobs(app_spec: str, state: str | None, queue: str | None, task: str | None, 
             # A bar where a terminal can draw one; the percentage alone in a pipe or a log.
             progress = Group(ProgressBar(total=1.0, completed=r.progress, width=12), label) \
                 if console.is_terminal else label
-        error = f"{r.error.get('type')}: {r.error.get('message', '')}"[:60] if r.error else ""
+        stale = r.error is None or r.state == "succeeded"  # a succeeded job's error is an earlier attempt's
+        error = "" if stale or r.error is None else f"{r.error.get('type')}: {r.error.get('message', '')}"[:60]
         table.add_row(*map(_plain, (r.id, r.task, r.queue, r.state, f"{r.attempts}/{r.max_attempts}",
                                     _ts(r.created_at))), progress, _plain(error))
     console.print(table)
