@@ -4,20 +4,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint bench clean
+.PHONY: install chromium demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
+	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 
 install: $(STAMP)  ## set up .venv with Conveyor and the test tools
 
+# The browser tests drive Debian's Chromium (Playwright never downloads one). Installing it needs
+# root, as CI has; elsewhere a failed install only warns, and the browser tests skip.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
+	  || { [ -z "$$CI" ] && echo "warning: could not install chromium; the browser tests will be skipped"; }
+
 demo: $(STAMP)  ## worker + sample jobs on the embedded SQLite default, shown live
 	$(BIN)/conveyor demo
 
-test: $(STAMP)  ## every test: unit, contract (every broker), acceptance (real worker processes)
+test: $(STAMP)  ## every test: unit, contract (every broker), acceptance (real worker processes), browser
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)  ## ruff and mypy

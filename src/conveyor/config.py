@@ -40,7 +40,8 @@ class Settings:
                                      metadata={"help": "queues a worker consumes (default: all of the app's)"})
     concurrency: int = field(default_factory=_cpus, metadata={"help": "pool size (processes, threads or coroutines)"})
     pool: Literal["process", "thread", "async"] = field(default="process", metadata={"help": "worker pool kind"})
-    prefetch: int = field(default=128, metadata={"help": "most jobs a consumer leases in one fetch (adaptive below it)"})
+    prefetch: int = field(default=128,
+                          metadata={"help": "most jobs a consumer leases in one fetch (adaptive below it)"})
     max_jobs_per_child: int | None = field(default=None,
                                            metadata={"help": "recycle a pool process after this many jobs"})
     max_memory: int | None = field(default=None, metadata={"help": "recycle a pool process above this RSS (MB)"})

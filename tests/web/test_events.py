@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +13,9 @@ from web_support import BEARER, worker
 from werkzeug.test import Client, TestResponse
 
 from conveyor import Conveyor
+from conveyor.brokers import Event
 from conveyor.web import WSGIApplication
+from conveyor.web.events import Batch, Subscription
 
 
 class Stream:
@@ -195,3 +199,39 @@ def test_one_pump_serves_every_client(api: Client, app: Conveyor, web: WSGIAppli
     while web.pump.subscribers and time.monotonic() < deadline:
         time.sleep(0.02)
     assert web.pump.subscribers == 0  # closed streams unsubscribe
+
+
+def test_a_page_s_stream_starts_where_the_page_was_rendered(web: WSGIApplication, app: Conveyor,
+                                                             browser: Client) -> None:
+    """What changes between rendering a page and opening its stream still comes (no gap)."""
+    idle = browser.get("/jobs").get_data(as_text=True)  # the event thread is not running yet
+    keeper = open_stream(browser)  # now it is
+    try:
+        for page in (idle, browser.get("/jobs").get_data(as_text=True)):
+            found = re.search(r'<meta name="conveyor-events" content="([^"]+)">', page)
+            assert found and "last_event_id=" in found.group(1)
+            (job_id,) = app.broker.enqueue([app.tasks["tests.add"].message([1], {}, {})])
+            time.sleep(0.2)  # the change is fanned out before the page's stream opens
+            stream = open_stream(browser, html.unescape(found.group(1)))
+            try:
+                stream.wait_for(job_event(job_id, "queued"))
+            finally:
+                stream.close()
+    finally:
+        keeper.close()
+
+
+def test_a_subscriber_too_far_behind_gets_a_reset_instead() -> None:
+    events = [Event(f"0-{i}", "job", {"id": f"j{i % 3}", "state": "queued"}, 1.0) for i in range(6)]
+    events.append(Event("0-6", "queue", {"name": "default", "paused": True}, 1.0))
+    batch = Batch(events)
+    everything, jobs_only, one_job = Subscription(size=10), Subscription(frozenset({"job"})), Subscription(job="j1")
+    for sub in (everything, jobs_only, one_job):
+        sub.offer(batch)
+    assert everything.take(0).count(b"\nevent: ") == 7
+    assert jobs_only.take(0).count(b"event: job\n") == 6 and b"event: queue" not in jobs_only.take(0)
+    assert one_job.take(0).count(b'"id":"j1"') == 2
+    everything.offer(batch)
+    everything.offer(batch)  # 14 waiting would be over 10: the client must reload instead
+    assert everything.take(0) == b'id: 0-6\nevent: reset\ndata: {"at":1.0}\n\n'
+    assert everything.take(0.01) == b""  # nothing more: a keep-alive follows

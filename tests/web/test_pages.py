@@ -74,12 +74,23 @@ def test_job_page_shows_arguments_result_traceback_and_timeline(browser: Browser
     assert 'id="job-traceback"' in page and "Traceback: line 1" in page
     assert 'id="attempts-timeline"' in page and 'data-attempt="1"' in page
     assert 'id="job-retry"' in page and 'data-action="retry"' in page
-    assert f'content="/api/events?job={job_id}"' in page
+    assert f'content="/api/events?job={job_id}&amp;last_event_id=' in page
     running = add(app, 2)
     run_job("default", "running", progress=0.4)
     page = html(browser, f"/jobs/{running}")
     assert 'class="progress-bar" data-progress="0.400"' in page and 'id="job-cancel"' in page
     assert browser.get("/jobs/unknown").status_code == 404
+
+
+def test_job_page_marks_a_retry_by_hand_in_the_timeline(browser: Browser, app: Conveyor, run_job: RunJob) -> None:
+    job_id = add(app, "clip.mov", task="tests.echo")
+    run_job("media", "failed", error={"type": "OSError", "message": "disk full"})
+    assert "retried by hand" not in html(browser, f"/jobs/{job_id}")
+    app.broker.retry(job_id)  # the attempts start over
+    assert html(browser, f"/jobs/{job_id}").count("retried by hand") == 1
+    run_job("media", "succeeded", result="ok")
+    page = html(browser, f"/jobs/{job_id}")
+    assert page.count("retried by hand") == 1 and page.count('data-attempt="1"') == 2
 
 
 def test_queues_page_has_pause_and_resume_buttons(browser: Browser, app: Conveyor) -> None:

@@ -163,7 +163,7 @@ def test_every_response_has_a_strict_csp(browser: Browser, anonymous: Client) ->
         assert "default-src 'self'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
         assert "unsafe-inline" not in csp
         assert response.headers["X-Content-Type-Options"] == "nosniff"
-        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["Referrer-Policy"] == "same-origin"
 
 
 def test_pages_have_no_inline_script_or_style(browser: Browser) -> None:

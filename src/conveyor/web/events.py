@@ -18,11 +18,10 @@ A comment line (``: keepalive``) comes every 15 seconds of silence. A client tha
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import orjson
 
@@ -30,38 +29,76 @@ from ..brokers import Broker, Event
 
 log = logging.getLogger("conveyor.web")
 
-EventFilter = Callable[[Event], bool]
+KINDS = frozenset({"job", "queue", "worker"})
+
+
+class Batch:
+    """The events of one poll, each formatted once for every subscriber; the bytes for each set
+    of kinds are joined once too, for the first subscriber that asks."""
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self.formatted = [format_event(e) for e in events]
+        self._joined: dict[frozenset[str] | None, tuple[bytes, int]] = {}
+        self._lock = threading.Lock()
+
+    def of_kinds(self, kinds: frozenset[str] | None) -> tuple[bytes, int]:
+        """The events of ``kinds`` (all for None; ``reset`` always), joined, and how many."""
+        with self._lock:
+            found = self._joined.get(kinds)
+            if found is None:
+                parts = self.formatted if kinds is None else [
+                    f for e, f in zip(self.events, self.formatted) if e.kind in kinds or e.kind == "reset"]
+                found = self._joined[kinds] = (b"".join(parts), len(parts))
+            return found
+
+    def of_job(self, job: str) -> tuple[bytes, int]:
+        """The events of one job (and ``reset``), joined, and how many."""
+        parts = [f for e, f in zip(self.events, self.formatted)
+                 if e.kind == "reset" or (e.kind == "job" and e.data.get("id") == job)]
+        return b"".join(parts), len(parts)
 
 
 class Subscription:
-    """One SSE client's inbox."""
+    """One SSE client's inbox: events already formatted for the stream, at most ``size`` waiting.
 
-    def __init__(self, accept: EventFilter | None, size: int = 2000) -> None:
-        self.accept = accept
-        self.inbox: queue.Queue[Event] = queue.Queue(maxsize=size)
+    The pump hands each poll's events over as one :class:`Batch`, so a stream wakes up (and writes
+    to its socket) once per poll, however many events came, and fifty streams cost one
+    formatting of each event. ``kinds`` (default all) and ``job`` (one job's events) filter.
+    """
 
-    def offer(self, event: Event) -> None:
-        if event.kind != "reset" and self.accept is not None and not self.accept(event):
+    def __init__(self, kinds: frozenset[str] | None = None, job: str | None = None, size: int = 10_000) -> None:
+        self.kinds = None if kinds is None or kinds >= KINDS else kinds
+        self.job = job
+        self.size = size
+        self._chunks: list[bytes] = []
+        self._waiting = 0
+        self._ready = threading.Condition(threading.Lock())
+
+    def offer(self, batch: Batch) -> None:
+        """Queue the events of ``batch`` that pass the filters."""
+        if self.job is not None:
+            chunk, n = batch.of_job(self.job) if self.kinds is None or "job" in self.kinds else (b"", 0)
+        else:
+            chunk, n = batch.of_kinds(self.kinds)
+        if not n:
             return
-        try:
-            self.inbox.put_nowait(event)
-        except queue.Full:  # a client too slow to keep up starts over
-            with self.inbox.mutex:
-                self.inbox.queue.clear()
-            self.inbox.put_nowait(Event(event.id, "reset", {}, event.at))
+        with self._ready:
+            if self._waiting + n > self.size:  # a client too slow to keep up starts over
+                last = batch.events[-1]
+                self._chunks, self._waiting = [format_event(Event(last.id, "reset", {}, last.at))], 1
+            else:
+                self._chunks.append(chunk)
+                self._waiting += n
+            self._ready.notify()
 
-    def take(self, timeout: float) -> list[Event]:
-        """Everything waiting, after waiting up to ``timeout`` for the first."""
-        try:
-            first = self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return []
-        out = [first]
-        while True:
-            try:
-                out.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return out
+    def take(self, timeout: float) -> bytes:
+        """Everything waiting, formatted, after waiting up to ``timeout`` for something (else b"")."""
+        with self._ready:
+            if not self._chunks:
+                self._ready.wait(timeout)
+            chunks, self._chunks, self._waiting = self._chunks, [], 0
+        return b"".join(chunks)
 
 
 class EventPump:
@@ -73,6 +110,10 @@ class EventPump:
         backlog: recent events kept for clients that reconnect with ``Last-Event-ID``.
         idle: seconds without subscribers after which the thread stops (it restarts on demand).
     """
+
+    #: Events read per poll at most. Each poll wakes every stream once, so under a flood fewer,
+    #: larger batches cost the server less than many small ones.
+    batch = 5000
 
     def __init__(self, make_broker: Callable[[], Broker], interval: float = 0.25, backlog: int = 5000,
                  idle: float = 60.0) -> None:
@@ -96,9 +137,19 @@ class EventPump:
             self._broker = self.make_broker()
         return self._broker
 
-    def subscribe(self, last_event_id: str | None = None, accept: EventFilter | None = None) -> Subscription:
-        """A new inbox, holding what came after ``last_event_id`` when one is given."""
-        sub = Subscription(accept)
+    def position(self) -> str:
+        """Where the stream stands now. A page rendered after this call whose stream resumes from
+        it (as ``Last-Event-ID``) misses nothing that changed between the two."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and self._cursor is not None:
+                return self._cursor
+            return self._reader().changes(None)[1]
+
+    def subscribe(self, last_event_id: str | None = None, kinds: frozenset[str] | None = None,
+                  job: str | None = None) -> Subscription:
+        """A new inbox (filtered as :class:`Subscription` says), holding what came after
+        ``last_event_id`` when one is given."""
+        sub = Subscription(kinds, job)
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._cursor = self._reader().changes(None)[1]
@@ -106,9 +157,9 @@ class EventPump:
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._run, name="conveyor-web-events", daemon=True)
                 self._thread.start()
-            if last_event_id:
-                for event in self._missed(last_event_id):
-                    sub.offer(event)
+            missed = self._missed(last_event_id) if last_event_id else []
+            if missed:
+                sub.offer(Batch(missed))
             self._subscribers.add(sub)
         return sub
 
@@ -148,15 +199,16 @@ class EventPump:
             started = time.monotonic()
             full = False
             try:
-                events, cursor = self._reader().changes(self._cursor, limit=1000)
-                full = len(events) >= 1000
+                events, cursor = self._reader().changes(self._cursor, limit=self.batch)
+                full = len(events) >= self.batch
                 with self._lock:
                     self._cursor = cursor
                     self._recent.extend(events)
                     subscribers = list(self._subscribers)
-                for event in events:
+                if events:
+                    batch = Batch(events)
                     for sub in subscribers:
-                        sub.offer(event)
+                        sub.offer(batch)
             except Exception:  # a broker hiccup must not end live updates for good
                 log.exception("reading the change feed failed")
             with self._lock:
@@ -195,18 +247,14 @@ def format_event(event: Event) -> bytes:
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), event.kind.encode(), data)
 
 
-def stream(pump: EventPump, last_event_id: str | None, accept: EventFilter | None,
-           heartbeat: float = 15.0) -> Iterator[bytes]:
+def stream(pump: EventPump, last_event_id: str | None, kinds: frozenset[str] | None = None,
+           job: str | None = None, heartbeat: float = 15.0) -> Iterator[bytes]:
     """The body of an SSE response: events as they come, a comment after ``heartbeat`` seconds
     of silence. Ends (and unsubscribes) when the server closes it as the client goes away."""
-    sub = pump.subscribe(last_event_id, accept)
+    sub = pump.subscribe(last_event_id, kinds, job)
     try:
         yield b"retry: 2000\n: connected\n\n"
         while True:
-            events = sub.take(heartbeat)
-            if not events:
-                yield b": keepalive\n\n"
-                continue
-            yield b"".join(format_event(e) for e in events)
+            yield sub.take(heartbeat) or b": keepalive\n\n"
     finally:
         pump.unsubscribe(sub)

@@ -24,7 +24,7 @@ from ..brokers import STATES
 from ..errors import BrokerError
 from . import handlers, metrics, openapi
 from .auth import SESSION_COOKIE, Auth, Session, generate_token
-from .events import EventPump, stream
+from .events import KINDS, EventPump, stream
 from .handlers import Problem
 from .routes import ROUTES, Route
 
@@ -36,8 +36,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    # The login URL carries the token: never pass it on in a Referer.
-    "Referrer-Policy": "no-referrer",
+    # The login URL carries the token: never pass it on to another site. Not "no-referrer": under
+    # it browsers send "Origin: null" with form posts, which the Origin check must refuse.
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 COMPRESSIBLE = ("text/", "application/json", "application/problem+json", "application/javascript", "image/svg+xml")
@@ -189,6 +190,8 @@ class WSGIApplication:
                 return response
             if route.mutates:
                 self.check_mutation(request, identity)
+            if route.kind == "page" and request.headers.get("X-Partial") != "1":
+                request.environ["conveyor.events_from"] = self.events_position()
             return handler(request, adapter, identity, **values)
         except Problem as exc:
             return self.problem(request, exc.status, exc.title, exc.detail, body=exc.body())
@@ -201,6 +204,15 @@ class WSGIApplication:
             log.exception("broker error on %s %s", request.method, request.path)
             # Its message may name the broker's URL: never send it.
             return self.problem(request, 503, "Service Unavailable", "the job store cannot be reached")
+
+    def events_position(self) -> str | None:
+        """Where the event stream stands, taken before a page reads its data, so that the page's
+        stream starts there rather than when it opens (None: from when it opens)."""
+        try:
+            return self.pump.position()
+        except Exception:  # live updates are a convenience: never fail the page for them
+            log.exception("reading the event stream's position failed")
+            return None
 
     # -- access --------------------------------------------------------------------------------------
     def identify(self, request: Request) -> Identity | None:
@@ -307,7 +319,8 @@ class WSGIApplication:
         html = self.jinja.get_template(template).render(
             url=url, static=static, csrf=csrf, partial=request.headers.get("X-Partial") == "1",
             signed_in=identity is not None, here=request.full_path.rstrip("?")[len(request.script_root):] or "/",
-            root=request.script_root + "/", states=STATES, **context)
+            root=request.script_root + "/", states=STATES,
+            events_from=request.environ.get("conveyor.events_from"), **context)
         return Response(html, status=status, content_type="text/html; charset=utf-8")
 
     # -- reading input -------------------------------------------------------------------------------
@@ -392,18 +405,11 @@ class WSGIApplication:
         return self.json(handlers.stats(self.app, request.args))
 
     def on_api_events(self, request: Request, adapter: MapAdapter, identity: Identity) -> Response:
-        kinds = {k.strip() for k in request.args.get("kind", "").split(",") if k.strip()}
-        if kinds - {"job", "queue", "worker"}:
+        kinds = frozenset(k.strip() for k in request.args.get("kind", "").split(",") if k.strip())
+        if kinds - KINDS:
             raise handlers.Unprocessable("kind must list job, queue or worker", field="kind")
-        job = request.args.get("job") or None
-
-        def accept(event: Any) -> bool:
-            if kinds and event.kind not in kinds:
-                return False
-            return job is None or (event.kind == "job" and event.data.get("id") == job)
-
         last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or None
-        body = stream(self.pump, last, accept if kinds or job else None, heartbeat=self.sse_heartbeat)
+        body = stream(self.pump, last, kinds or None, request.args.get("job") or None, heartbeat=self.sse_heartbeat)
         return Response(body, status=200, mimetype="text/event-stream", direct_passthrough=True,
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -25,7 +25,7 @@
   var main = document.getElementById("main");
   if (!url || !main || !window.EventSource || !window.fetch) return;
   var live = document.getElementById("live");
-  var timer = null, busy = false, again = false;
+  var timer = null, busy = false, again = false, stale = false;
 
   // The user is choosing something: do not swap the page under them.
   function interacting() {
@@ -36,6 +36,7 @@
 
   function refresh() {
     timer = null;
+    if (document.hidden) { stale = true; return; }  // a background tab catches up when shown
     if (busy) { again = true; return; }
     if (interacting()) { schedule(2000); return; }
     busy = true;
@@ -61,6 +62,10 @@
   function schedule(delay) {
     if (timer === null) timer = window.setTimeout(refresh, delay);
   }
+
+  document.addEventListener("visibilitychange", function () {
+    if (!document.hidden && stale) { stale = false; schedule(0); }
+  });
 
   var source = new EventSource(url);
   ["job", "queue", "worker", "reset"].forEach(function (kind) {
