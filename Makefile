@@ -2,13 +2,20 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.installed
 STAMP := $(VENV)/.installed-dev
 
 .PHONY: install chromium demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# What the demo needs: Conveyor and its runtime dependencies.
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[redis]'
+	touch $(RUNTIME)
+
+# What the tests need on top: test tools, linters, and Chromium for the browser tests.
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
 	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
@@ -21,7 +28,7 @@ chromium:
 	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
 	  || { [ -z "$$CI" ] && echo "warning: could not install chromium; the browser tests will be skipped"; }
 
-demo: $(STAMP)  ## worker + sample jobs on the embedded SQLite default, shown live
+demo: $(RUNTIME)  ## worker + sample jobs on the embedded SQLite default, shown live
 	$(BIN)/conveyor demo
 
 test: $(STAMP)  ## every test: unit, contract (every broker), acceptance (real worker processes), browser
