@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime, timezone
@@ -136,20 +135,13 @@ class Job(Generic[R]):
             JobCancelled: the job was cancelled.
             TimeoutError: it had not ended after ``timeout`` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.0005
-        while True:
-            record = self.app.broker.get(self.id)
-            if record is None:
-                raise JobNotFound(self.id)
-            self._record = record
-            if record.state in TERMINAL_STATES:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {self.id} still {record.state} after {timeout}s")
-            left = pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic()))
-            time.sleep(left)
-            pause = min(pause * 1.5, 0.05)
+        # The broker blocks until the job ends where it can be told so (Redis), else polls the store.
+        record = self.app.broker.wait_for(self.id, timeout)
+        if record is None:
+            raise JobNotFound(self.id)
+        self._record = record
+        if record.state not in TERMINAL_STATES:
+            raise TimeoutError(f"job {self.id} still {record.state} after {timeout}s")
         if record.state == "cancelled":
             raise JobCancelled(self.id, record.state, record.error)
         if record.state == "failed":

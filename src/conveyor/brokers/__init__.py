@@ -369,6 +369,25 @@ class Broker(ABC):
         """Several jobs, in the given order."""
         return [self.get(j) for j in job_ids]
 
+    def wait_for(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """Wait until the job has ended (succeeded, failed or cancelled) or ``timeout`` seconds have
+        passed (None: no limit); return its record as last read, or None when there is no such job.
+
+        Default: reads :meth:`get` with a back-off from 0.5 ms (x1.5, at most 50 ms). Brokers that
+        can be told when a job ends override it to block instead (``Job.result`` uses it).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            record = self.get(job_id)
+            if record is None or record.state in TERMINAL_STATES:
+                return record
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return record
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 1.5, 0.05)
+
     @abstractmethod
     def list_jobs(
         self,

@@ -1,5 +1,6 @@
 -- Atomic operations of the Redis broker. Each block starting with "-- name: <name>" is one script;
--- "prelude" is put in front of every other block. The layout of the keys is in docs/brokers/redis.md.
+-- "prelude" is put in front of every other block, without the helper functions that block does not
+-- call (Lua would create them on every call). The layout of the keys is in docs/brokers/redis.md.
 --
 -- Every script gets KEYS = {keymap, base_1, ..., base_k} where base_i is "{prefix:queue_i}" (the hash
 -- tag of one queue: every key of that queue starts with it) and ARGV = {prefix, now, queue_1, ...,
@@ -22,6 +23,18 @@ for i = 1, NQ do QUEUE[KEYS[1 + i]] = ARGV[2 + i] end
 
 local ZADDS, ZREMS, RPUSHES, LPUSHES, COUNTS, EVENTS, WAKES, PRIOS = {}, {}, {}, {}, {}, {}, {}, {}
 local DONE = {}  -- '<base>:done:<second>' -> ids finished (succeeded or cancelled) in that second
+local DONE_LAST = {}  -- base -> {second, its DONE list}: most finish in the same second as the last
+
+-- A permanent member of every lease set, scored +inf (never expires, never a job). Being longer than
+-- zset-max-listpack-value (64 bytes) it makes Redis create the set as a skiplist, and being permanent
+-- it keeps the set from being deleted when empty; in the compact listpack encoding, each of a fetch's
+-- 128 inserts scans the whole set (measured: 210 us per fetch of 128, 45 us as a skiplist).
+local LEASE_SENTINEL = '~lease-set-sentinel: keeps this sorted set in skiplist encoding, not a job id'
+-- ids of the lease set with a deadline before ``before`` ('+inf': all of them; never the sentinel)
+local function leased_before(base, before, max)
+  if max then return redis.call('ZRANGEBYSCORE', base .. ':leases', '-inf', '(' .. before, 'LIMIT', 0, max) end
+  return redis.call('ZRANGEBYSCORE', base .. ':leases', '-inf', '(' .. before)
+end
 
 local function push(t, key, value)
   local list = t[key]
@@ -39,15 +52,44 @@ local function zrem(key, member) push(ZREMS, key, member) end
 -- the retention index: ids of succeeded and cancelled jobs in lists per second of finished_at,
 -- the seconds in a sorted set; prune reads them oldest first (stale entries are skipped there)
 local function finished(base, at, id)
-  local second = string.format('%d', math.floor(tonumber(at)))
-  local key = base .. ':done:' .. second
-  local list = DONE[key]
-  if not list then
-    list = {}
-    DONE[key] = list
-    zadd(base .. ':done', second, second)
+  local s = math.floor(tonumber(at))
+  local last = DONE_LAST[base]
+  local list
+  if last and last[1] == s then
+    list = last[2]
+  else
+    local second = string.format('%d', s)
+    local key = base .. ':done:' .. second
+    list = DONE[key]
+    if not list then
+      list = {}
+      DONE[key] = list
+      zadd(base .. ':done', second, second)
+    end
+    DONE_LAST[base] = {s, list}
   end
   list[#list + 1] = id
+end
+
+-- a job ended (or was deleted): wake whoever waits for it in Job.result (RedisBroker.wait_for), one
+-- token per waiter; the waiters of a queue are counted per job id in <base>:waiters
+local WATCHED = {}  -- base -> whether anyone waits for a job of that queue (read once per script)
+local function notify(base, id)
+  local watched = WATCHED[base]
+  if watched == nil then
+    watched = redis.call('EXISTS', base .. ':waiters') == 1
+    WATCHED[base] = watched
+  end
+  if not watched then return end
+  local n = tonumber(redis.call('HGET', base .. ':waiters', id))
+  if not n then return end
+  redis.call('HDEL', base .. ':waiters', id)
+  if n > 0 then
+    local tokens = {}
+    for i = 1, math.min(n, 100) do tokens[i] = '1' end
+    redis.call('RPUSH', base .. ':w:' .. id, unpack(tokens))
+    redis.call('EXPIRE', base .. ':w:' .. id, 60)  -- tokens of waiters that gave up meanwhile
+  end
 end
 
 -- a job changed state: counters per queue and state, the event, the state indexes (failed and
@@ -66,6 +108,7 @@ local function moved(base, id, old, new, done, key)
   if old == 'failed' or old == 'cancelled' then zrem(base .. ':s:' .. old, id) end
   if new == 'failed' or new == 'cancelled' then zadd(base .. ':s:' .. new, 0, id) end
   if new == 'succeeded' or new == 'cancelled' then finished(base, done, id) end
+  if new == nil or new == 'succeeded' or new == 'failed' or new == 'cancelled' then notify(base, id) end
   if key and (new == 'succeeded' or new == 'failed' or new == 'cancelled' or new == nil) then
     if redis.call('HGET', KEYMAP, key) == id then redis.call('HDEL', KEYMAP, key) end
   end
@@ -239,12 +282,43 @@ local function remove(base, id)
 end
 
 -- name: enqueue
--- ARGV after the queues: records of 6 fields: queue index, id, key ('' = none), run_at ('' = queued
--- now), priority, m (the fixed part, see header()). Returns {position, existing id, ...} for the
--- messages that did not create a job (a duplicate key or id).
-local W = 6
-local first = 3 + NQ
+-- ARGV after the queues: 'u', queue index, priority, then (id, m) per message: the usual batch, of one
+-- queue and one priority, queued now, without unique keys, of distinct ids. Or 'r', then records of 6
+-- fields: queue index, id, key ('' = none), run_at ('' = queued now), priority, m (the fixed part,
+-- see header()). Returns {position, existing id, ...} for the messages that did not create a job
+-- (a duplicate key or id).
 local out = {}
+if ARGV[3 + NQ] == 'u' then
+  local base, p = base_of(tonumber(ARGV[4 + NQ])), ARGV[5 + NQ]
+  local prefix = base .. ':j:'
+  local jks, n = {}, 0
+  for r = 6 + NQ, #ARGV, 2 do n = n + 1; jks[n] = prefix .. ARGV[r] end
+  local any = 0
+  for i = 1, n, 4000 do any = any + redis.call('EXISTS', unpack(jks, i, math.min(i + 3999, n))) end
+  local ids, k = {}, 0
+  for i = 1, n do
+    local r = 4 + NQ + 2 * i
+    if any > 0 and redis.call('EXISTS', jks[i]) == 1 then
+      out[#out + 1] = i; out[#out + 1] = ARGV[r]
+    else
+      redis.call('HSET', jks[i], 'state', 'queued', 'm', ARGV[r + 1])
+      k = k + 1; ids[k] = ARGV[r]
+    end
+  end
+  if k > 0 then
+    local list = base .. ':ready:' .. p
+    RPUSHES[list] = ids
+    PRIOS[list] = p
+    WAKES[base] = k
+    RPUSHES[base .. ':fresh'] = ids  -- flush only reads the lists
+    COUNTS[base] = {queued = k}
+    EVENTS[base] = {queued = ids}
+  end
+  flush()
+  return out
+end
+local W = 6
+local first = 4 + NQ
 local seen = {}
 local jks = {}
 for r = first, #ARGV, W do jks[#jks + 1] = base_of(tonumber(ARGV[r])) .. ':j:' .. ARGV[r + 1] end
@@ -309,12 +383,14 @@ local limit = tonumber(ARGV[3 + NQ])
 local deadline = ARGV[4 + NQ]
 local consumer = ARGV[5 + NQ]
 local out = {''}
+local no = 1
 local need = limit
 local next_due = nil
 for qi = 1, NQ do
   local base = base_of(qi)
+  local prefix = base .. ':j:'
   promote(base, 1000)
-  local leases, leased, nl = {}, {}, 0
+  local leases, leased, nl = {'+inf', LEASE_SENTINEL}, {}, 0
   if need > 0 and redis.call('EXISTS', base .. ':paused') == 0 then
     local prios = redis.call('ZRANGE', base .. ':prios', 0, -1)
     for _, p in ipairs(prios) do
@@ -326,7 +402,7 @@ for qi = 1, NQ do
           break
         end
         for _, id in ipairs(ids) do
-          local jk = base .. ':j:' .. id
+          local jk = prefix .. id
           local v = redis.call('HMGET', jk, 'state', 'm', 'attempts', 'token')
           -- an id whose job is gone (deleted) or no longer queued (cancelled, leased through a newer
           -- entry) is a stale entry: dropped
@@ -337,10 +413,10 @@ for qi = 1, NQ do
             redis.call('HSET', jk, 'state', 'running', 'consumer', consumer, 'attempts', attempts, 'token', token,
               'lease_until', deadline, 'started_at', NOW, 'updated_at', NOW)
             nl = nl + 1
-            leases[2 * nl - 1] = deadline; leases[2 * nl] = id; leased[nl] = id
+            leases[2 * nl + 1] = deadline; leases[2 * nl + 2] = id; leased[nl] = id
             need = need - 1
-            local n = #out
-            out[n + 1] = id; out[n + 2] = token; out[n + 3] = qi; out[n + 4] = attempts; out[n + 5] = v[2] or ''
+            out[no + 1] = id; out[no + 2] = token; out[no + 3] = qi; out[no + 4] = attempts; out[no + 5] = v[2] or ''
+            no = no + 5
           end
         end
       end
@@ -365,13 +441,50 @@ flush()
 return out
 
 -- name: ack
--- ARGV after the queues: records of 10 fields: queue index, id, token, state, result, error,
--- started_at, finished_at, run_at, history time ('' = none for the optional ones).
--- Returns one 1 (accepted) or 0 (stale token, not running) per record.
+-- ARGV after the queues: S, then S records of 6 fields for plain successes (a result, start and
+-- finish times, no error): queue index, id, token, result, started_at, finished_at; then records of
+-- 10 fields: queue index, id, token, state, result, error, started_at, finished_at, run_at, history
+-- time ('' = none for the optional ones).
+-- Returns one 1 (accepted) or 0 (stale token, not running) per record, in that order.
 local W = 10
 local out = {}
+local no = 0
 local ok = {}  -- base -> ids succeeded without a unique key (the common case, counted in bulk)
-for r = 3 + NQ, #ARGV, W do
+local split = 4 + NQ + 6 * tonumber(ARGV[3 + NQ])
+local keys = {}  -- queue index -> {base, its job key prefix, its lease set}
+for r = 4 + NQ, split - 1, 6 do
+  -- the hot path: one write, counted in bulk below
+  local k = keys[ARGV[r]]
+  if not k then
+    local base = base_of(tonumber(ARGV[r]))
+    k = {base, base .. ':j:', base .. ':leases'}
+    keys[ARGV[r]] = k
+  end
+  local base = k[1]
+  local id = ARGV[r + 1]
+  local jk = k[2] .. id
+  local v = redis.call('HMGET', jk, 'state', 'token', 'key')
+  no = no + 1
+  if v[1] ~= 'running' or v[2] ~= ARGV[r + 2] then
+    out[no] = 0
+  else
+    out[no] = 1
+    zrem(k[3], id)
+    local done = ARGV[r + 5]
+    redis.call('HSET', jk, 'state', 'succeeded', 'updated_at', NOW, 'lease_until', '', 'consumer', '',
+      'started_at', ARGV[r + 4], 'result', ARGV[r + 3], 'finished_at', done)
+    if v[3] then
+      moved(base, id, 'running', 'succeeded', done, v[3])
+    else
+      local list = ok[base]
+      if not list then list = {}; ok[base] = list end
+      list[#list + 1] = id
+      finished(base, done, id)
+      notify(base, id)
+    end
+  end
+end
+for r = split, #ARGV, W do
   local base = base_of(tonumber(ARGV[r]))
   local id, token, state = ARGV[r + 1], ARGV[r + 2], ARGV[r + 3]
   local jk = base .. ':j:' .. id
@@ -401,6 +514,7 @@ for r = 3 + NQ, #ARGV, W do
       if not list then list = {}; ok[base] = list end
       list[#list + 1] = id
       finished(base, done, id)
+      notify(base, id)
     end
   else
     out[#out + 1] = 1
@@ -499,23 +613,41 @@ else
 end
 return 1
 
+-- name: watch
+-- ARGV after the queue: id, then '1' (a waiter comes: counted unless the job has ended; returns the
+-- job's state, '' when there is none) or '-1' (a waiter leaves without having been woken).
+local base = base_of(1)
+local id = ARGV[4]
+if ARGV[5] == '1' then
+  local state = redis.call('HGET', base .. ':j:' .. id, 'state')
+  if not state then return '' end
+  if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
+    redis.call('HINCRBY', base .. ':waiters', id, 1)
+  end
+  return state
+end
+if redis.call('HINCRBY', base .. ':waiters', id, -1) <= 0 then redis.call('HDEL', base .. ':waiters', id) end
+return ''
+
 -- name: recover
 -- ARGV after the queues: the error (JSON) recorded for an expired lease, how many leases at most per
--- queue. Expired leases come back (or fail), due jobs are promoted, new ids join the list index.
--- Returns {leases recovered, 1 when there are more expired leases than handled}.
+-- queue. Expired leases come back (or fail), due jobs are promoted, new ids join the list index (as
+-- many at most: a big batch's ids are indexed by several calls, so that none blocks Redis for long).
+-- Returns {leases recovered, 1 when there are more expired leases or due jobs than handled, 1 when
+-- there are more new ids}.
 local err = ARGV[3 + NQ]
 local max = tonumber(ARGV[4 + NQ])
-local n, more = 0, 0
+local n, more, fresh = 0, 0, 0
 for qi = 1, NQ do
   local base = base_of(qi)
-  local expired = redis.call('ZRANGEBYSCORE', base .. ':leases', '-inf', '(' .. NOW, 'LIMIT', 0, max)
+  local expired = leased_before(base, NOW, max)
   if #expired == max then more = 1 end
   for _, id in ipairs(expired) do n = n + lose(base, id, err) end
   if promote(base, max) == max then more = 1 end
-  index(base, 100000)
+  if index(base, max) == max then fresh = 1 end
 end
 flush()
-return {n, more}
+return {n, more, fresh}
 
 -- name: release
 -- ARGV after the queues: consumer, error (JSON). Every lease held by the consumer comes back.
@@ -523,7 +655,7 @@ local consumer, err = ARGV[3 + NQ], ARGV[4 + NQ]
 local n = 0
 for qi = 1, NQ do
   local base = base_of(qi)
-  for _, id in ipairs(redis.call('ZRANGE', base .. ':leases', 0, -1)) do
+  for _, id in ipairs(leased_before(base, '+inf')) do
     if redis.call('HGET', base .. ':j:' .. id, 'consumer') == consumer then n = n + lose(base, id, err) end
   end
 end
@@ -682,7 +814,7 @@ local function matches(id)
   return task == '' or header(jk)[1] == task
 end
 if which == 'leases' then
-  local ids = redis.call('ZRANGE', base .. ':leases', 0, -1)
+  local ids = leased_before(base, '+inf')
   for _, id in ipairs(ids) do
     if matches(id) then out[#out + 1] = id end
   end

@@ -1,0 +1,174 @@
+"""The Redis broker's fast paths behave like the general ones: blocking ``wait_for`` (Job.result),
+the compact enqueue and ack formats, and the lease set's permanent sentinel member."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import uuid_utils
+
+from conftest import REDIS_URL, unique_url
+from conveyor.brokers import Message, Outcome
+from conveyor.brokers.redis import RedisBroker
+from conveyor.testing import require_service
+
+
+@pytest.fixture
+def broker() -> Iterator[RedisBroker]:
+    require_service(REDIS_URL, "Redis")
+    made = RedisBroker(unique_url(REDIS_URL)[0])
+    made.open()
+    try:
+        yield made
+    finally:
+        made.drop()
+        made.close()
+
+
+def message(queue: str = "default", **fields: Any) -> Message:
+    return Message(id=str(uuid_utils.uuid7()), task="t.noop", queue=queue, payload=b"{}", created_at=time.time(),
+                   **fields)
+
+
+def raw(broker: RedisBroker) -> redis.Redis:
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def test_wait_for_wakes_when_the_job_ends_not_at_a_poll(broker: RedisBroker) -> None:
+    m = message()
+    broker.enqueue([m])
+    (lease,) = broker.fetch(["default"], 1, 30, "c1")
+    ended = threading.Event()
+
+    def finish() -> None:
+        time.sleep(0.3)
+        ended.set()
+        broker.fork().ack([Outcome(m.id, lease.token, "succeeded", result=b"7", started_at=time.time(),
+                                   finished_at=time.time())])
+
+    threading.Thread(target=finish, daemon=True).start()
+    record = broker.fork().wait_for(m.id, 10)
+    assert ended.is_set()
+    assert record is not None and record.state == "succeeded" and record.result == b"7"
+    assert not raw(broker).exists(broker._base("default") + ":w:" + m.id)  # the waiter took its token
+    assert not raw(broker).hgetall(broker._base("default") + ":waiters")
+
+
+@pytest.mark.parametrize("how", ["fail", "cancel", "delete"])
+def test_wait_for_wakes_on_every_ending(broker: RedisBroker, how: str) -> None:
+    m = message(max_attempts=1)
+    broker.enqueue([m])
+    lease = broker.fetch(["default"], 1, 30, "c1")[0] if how == "fail" else None
+
+    def end() -> None:
+        time.sleep(0.2)
+        other = broker.fork()
+        if how == "fail":
+            assert lease is not None
+            other.ack([Outcome(m.id, lease.token, "failed", error={"type": "E", "message": "no"})])
+        elif how == "cancel":
+            other.cancel(m.id)
+        else:
+            other.delete(m.id)
+
+    threading.Thread(target=end, daemon=True).start()
+    started = time.monotonic()
+    record = broker.fork().wait_for(m.id, 10)
+    assert time.monotonic() - started < 0.9  # told, not found by the once-a-second look
+    if how == "delete":
+        assert record is None
+    else:
+        assert record is not None and record.state == ("failed" if how == "fail" else "cancelled")
+
+
+def test_wait_for_times_out_and_leaves_no_waiter_behind(broker: RedisBroker) -> None:
+    m = message()
+    broker.enqueue([m])
+    started = time.monotonic()
+    record = broker.wait_for(m.id, 0.2)
+    assert 0.15 < time.monotonic() - started < 2
+    assert record is not None and record.state == "queued"
+    assert not raw(broker).hgetall(broker._base("default") + ":waiters")
+    assert broker.wait_for(str(uuid_utils.uuid7()), 0.1) is None
+
+
+def test_several_waiters_of_one_job_are_all_woken(broker: RedisBroker) -> None:
+    m = message()
+    broker.enqueue([m])
+    (lease,) = broker.fetch(["default"], 1, 30, "c1")
+    results: list[str] = []
+
+    def wait() -> None:
+        record = broker.fork().wait_for(m.id, 10)
+        results.append(record.state if record else "none")
+
+    waiters = [threading.Thread(target=wait) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    broker.ack([Outcome(m.id, lease.token, "succeeded", result=b"1", started_at=time.time(), finished_at=time.time())])
+    for t in waiters:
+        t.join(5)
+    assert results == ["succeeded"] * 3
+    assert time.monotonic() - started < 0.9
+
+
+def test_compact_and_general_enqueue_formats_agree(broker: RedisBroker) -> None:
+    plain = [message() for _ in range(5)]
+    mixed = [message(), message(key="k1"), message(priority=3), message(run_at=time.time() + 60), message("other")]
+    assert broker.enqueue(plain) == [m.id for m in plain]
+    assert broker.enqueue(mixed) == [m.id for m in mixed]
+    # again: existing ids come back as they are and create nothing, in both formats
+    assert broker.enqueue([*plain[:2], message()])[:2] == [m.id for m in plain[:2]]
+    assert broker.enqueue(mixed[:2])[:2] == [m.id for m in mixed[:2]]
+    # the same id twice in one batch creates one job
+    twin = message()
+    assert broker.enqueue([twin, twin]) == [twin.id, twin.id]
+    counts = broker.counts()
+    assert counts["default"] == {"queued": 5 + 3 + 1 + 1, "scheduled": 1}
+    assert counts["other"] == {"queued": 1}
+    leased = broker.fetch(["default"], 100, 30, "c1")
+    assert leased[0].job_id == mixed[2].id  # the priority 3 job first
+    assert {lease.job_id for lease in leased} >= {m.id for m in plain}
+
+
+def test_plain_and_general_acks_in_one_batch(broker: RedisBroker) -> None:
+    ms = [message() for _ in range(4)]
+    broker.enqueue(ms)
+    leases = broker.fetch(["default"], 4, 30, "c1")
+    now = time.time()
+    outcomes = [
+        Outcome(leases[0].job_id, leases[0].token, "succeeded", result=b"1", started_at=now, finished_at=now + 0.5),
+        Outcome(leases[1].job_id, leases[1].token, "failed", error={"type": "E", "message": "x"}, finished_at=now),
+        Outcome(leases[2].job_id, leases[2].token + 1, "succeeded", result=b"2", started_at=now, finished_at=now),
+        Outcome(leases[3].job_id, leases[3].token, "succeeded"),  # no result, no times: the general path
+    ]
+    assert broker.ack(outcomes) == [True, True, False, True]
+    got = {r.id: r for r in broker.get_many([lease.job_id for lease in leases]) if r}
+    first = got[leases[0].job_id]
+    assert (first.state, first.result, first.started_at, first.finished_at) == ("succeeded", b"1", now, now + 0.5)
+    assert got[leases[1].job_id].state == "failed"
+    assert got[leases[2].job_id].state == "running"  # a stale token is refused
+    assert got[leases[3].job_id].state == "succeeded"
+
+
+def test_the_lease_set_sentinel_is_never_a_job(broker: RedisBroker) -> None:
+    ms = [message(max_attempts=3) for _ in range(3)]
+    broker.enqueue(ms)
+    leases = broker.fetch(["default"], 3, 30, "c1")
+    r = raw(broker)
+    key = broker._base("default") + ":leases"
+    assert r.object("encoding", key) == b"skiplist"
+    assert r.zcard(key) == 4  # three leases and the sentinel
+    assert {j.id for j in broker.list_jobs(state="running").jobs} == {m.id for m in ms}
+    assert broker.release("c1", "stopped") == 3
+    assert broker.fetch(["default"], 10, 30, "c2")
+    broker.ack([Outcome(lease.job_id, lease.token, "succeeded") for lease in leases])  # stale: refused
+    assert broker.recover() == 0
+    assert r.zcard(key) == 4  # the re-leased three and the sentinel
