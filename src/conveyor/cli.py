@@ -86,7 +86,24 @@ def _fail(message: str) -> NoReturn:
 
 
 class _Group(click.Group):
-    """Turns Conveyor errors into one clear line and exit code 2 instead of a traceback."""
+    """Turns Conveyor errors into one clear line and exit code 2 instead of a traceback.
+
+    Commands with heavy imports load only when invoked: ``conveyor worker`` never imports the web
+    stack (werkzeug, jinja2, waitress, prometheus-client), which would cost every worker start-up
+    time and memory.
+    """
+
+    lazy = {"web": "conveyor.web.command:web"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, _, attr = self.lazy[name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -368,14 +385,6 @@ def demo(db: str, n_jobs: int, keep: bool, port: int, serve: bool | None) -> Non
 
     sys.exit(run_demo(db, n_jobs, keep, port=port, serve=serve))
 
-
-def _register_web() -> None:
-    from .web.command import web
-
-    main.add_command(web)
-
-
-_register_web()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
