@@ -459,14 +459,19 @@ def consume(app: Conveyor, settings: Settings, queues: Sequence[str], consumer_i
     finally:
         acker.stop()
         runner.flush_acks()
-        beat.done.set()
-        beat.join(timeout=2)
-        try:
-            broker.unregister(consumer_id)
-        except ConveyorError:
-            pass
+        _sign_off(beat, broker, consumer_id)
         loop.close()
     return exit_code
+
+
+def _sign_off(beat: Heartbeat, broker: Broker, consumer_id: str) -> None:
+    """A consumer's last words: stop its heartbeat and remove its worker record."""
+    beat.done.set()
+    beat.join(timeout=2)
+    try:
+        broker.unregister(consumer_id)
+    except ConveyorError:
+        pass
 
 
 def consume_async(app: Conveyor, settings: Settings, queues: Sequence[str], consumer_id: str,
@@ -557,10 +562,5 @@ def consume_async(app: Conveyor, settings: Settings, queues: Sequence[str], cons
     try:
         asyncio.run(main())
     finally:
-        beat.done.set()
-        beat.join(timeout=2)
-        try:
-            broker.unregister(consumer_id)
-        except ConveyorError:
-            pass
+        _sign_off(beat, broker, consumer_id)
     return EXIT_STOPPED
