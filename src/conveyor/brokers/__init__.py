@@ -272,6 +272,9 @@ class Broker(ABC):
     supports_transactions: ClassVar[bool] = False
     #: False for brokers living in one process (memory): the worker then refuses a process pool.
     shared_between_processes: ClassVar[bool] = True
+    #: True when ``list_jobs`` itself takes ``search``, ``since`` and ``until``: ``search_jobs``
+    #: then hands the query straight to it instead of filtering pages here.
+    supports_search: ClassVar[bool] = False
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url
@@ -442,10 +445,13 @@ class Broker(ABC):
         """:meth:`list_jobs` with a text search (a substring of the arguments or the error, any
         case) and a time range on ``created_at`` (``since <= created_at < until``).
 
-        Default: pages through :meth:`list_jobs` and filters here, reading at most
-        :data:`SCAN_LIMIT` jobs per call; a page cut short by that budget still carries a cursor
-        to continue from. The memory and SQLite brokers answer it natively.
+        Brokers declaring ``supports_search`` answer it in ``list_jobs``. Otherwise this pages
+        through :meth:`list_jobs` and filters here, reading at most :data:`SCAN_LIMIT` jobs per
+        call; a page cut short by that budget still carries a cursor to continue from.
         """
+        if self.supports_search:
+            return self.list_jobs(state=state, queue=queue, task=task, limit=limit,  # type: ignore[call-arg]
+                                  cursor=cursor, search=search, since=since, until=until)
         if search is None and since is None and until is None:
             return self.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
         found: list[JobRecord] = []

@@ -47,6 +47,7 @@ class MemoryBroker(Broker):
     supports_blocking_fetch = True
     supports_notify = True
     shared_between_processes = False
+    supports_search = True
 
     def __init__(self, url: str = "memory://", *, clock: Clock | None = None) -> None:
         super().__init__(url, clock=clock)
@@ -366,12 +367,6 @@ class MemoryBroker(Broker):
         rows.sort(key=lambda j: j.id, reverse=True)
         page = [replace(j, history=list(j.history)) for j in rows[:limit]]
         return JobPage(page, page[-1].id if len(rows) > limit and page else None)
-
-    def search_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
-                    search: str | None = None, since: float | None = None, until: float | None = None,
-                    limit: int = 50, cursor: str | None = None) -> JobPage:
-        return self.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor,
-                              search=search, since=since, until=until)
 
     def find_by_key(self, key: str) -> JobRecord | None:
         with self._lock:

@@ -67,6 +67,7 @@ class SQLiteBroker(Broker):
 
     scheme = "sqlite"
     supports_transactions = True
+    supports_search = True
 
     def __init__(self, url: str = "sqlite:///conveyor.db", *, clock: Clock | None = None) -> None:
         super().__init__(url, clock=clock)
@@ -404,12 +405,6 @@ class SQLiteBroker(Broker):
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return JobPage(jobs, jobs[-1].id if more and jobs else None)
-
-    def search_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
-                    search: str | None = None, since: float | None = None, until: float | None = None,
-                    limit: int = 50, cursor: str | None = None) -> JobPage:
-        return self.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor,
-                              search=search, since=since, until=until)
 
     def find_by_key(self, key: str) -> JobRecord | None:
         with self._read() as conn:
