@@ -452,6 +452,19 @@ local no = 0
 local ok = {}  -- base -> ids succeeded without a unique key (the common case, counted in bulk)
 local split = 4 + NQ + 6 * tonumber(ARGV[3 + NQ])
 local keys = {}  -- queue index -> {base, its job key prefix, its lease set}
+-- The bookkeeping of a success: a job holding a unique key goes through moved() (which frees the
+-- key); the common case is counted in bulk via ok[], then retention and any waiting caller.
+local function succeeded(base, id, done, key)
+  if key then
+    moved(base, id, 'running', 'succeeded', done, key)
+  else
+    local list = ok[base]
+    if not list then list = {}; ok[base] = list end
+    list[#list + 1] = id
+    finished(base, done, id)
+    notify(base, id)
+  end
+end
 for r = 4 + NQ, split - 1, 6 do
   -- the hot path: one write, counted in bulk below
   local k = keys[ARGV[r]]
@@ -473,15 +486,7 @@ for r = 4 + NQ, split - 1, 6 do
     local done = ARGV[r + 5]
     redis.call('HSET', jk, 'state', 'succeeded', 'updated_at', NOW, 'lease_until', '', 'consumer', '',
       'started_at', ARGV[r + 4], 'result', ARGV[r + 3], 'finished_at', done)
-    if v[3] then
-      moved(base, id, 'running', 'succeeded', done, v[3])
-    else
-      local list = ok[base]
-      if not list then list = {}; ok[base] = list end
-      list[#list + 1] = id
-      finished(base, done, id)
-      notify(base, id)
-    end
+    succeeded(base, id, done, v[3])
   end
 end
 for r = split, #ARGV, W do
@@ -507,15 +512,7 @@ for r = split, #ARGV, W do
       if ARGV[r + 5] ~= '' then f[#f + 1] = 'error'; f[#f + 1] = ARGV[r + 5] end
       redis.call('HSET', jk, unpack(f))
     end
-    if v[3] then
-      moved(base, id, 'running', 'succeeded', done, v[3])
-    else
-      local list = ok[base]
-      if not list then list = {}; ok[base] = list end
-      list[#list + 1] = id
-      finished(base, done, id)
-      notify(base, id)
-    end
+    succeeded(base, id, done, v[3])
   else
     out[#out + 1] = 1
     zrem(base .. ':leases', id)
