@@ -12,6 +12,7 @@ $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[redis]'
+	$(BIN)/python -m compileall -q src >/dev/null  # as pip does for an installed package
 	touch $(RUNTIME)
 
 # What the tests need on top: test tools, linters, and Chromium for the browser tests.
@@ -39,6 +40,7 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/mypy src
 
 bench: $(STAMP)  ## benchmark on SQLite; URL=redis://... for another broker
+	$(BIN)/python -m pip install --quiet -e '.[bench,redis]'
 	$(BIN)/python -m bench --url $${URL:-sqlite:///$$(mktemp -d)/bench.db}
 
 clean:

@@ -757,8 +757,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def compile_sources() -> None:
+    """Write the bytecode of src/ and bench/ now, as ``pip install`` does for an installed package: an
+    editable checkout run with PYTHONDONTWRITEBYTECODE=1 (as on these machines) would otherwise
+    compile Conveyor from source at every worker start (~50 ms of the drain's start-up)."""
+    import compileall
+
+    for folder in ("src", "bench"):
+        compileall.compile_dir(os.path.join(ROOT, folder), quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    compile_sources()
     atexit.register(_stop_all)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
-
-from pydantic import TypeAdapter, ValidationError
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,21 +89,42 @@ _MINIMUM: dict[str, float] = {
 }
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` already is of type ``hint`` (then pydantic, ~50 ms to import, is not needed:
+    a worker started with typed flags and no environment never imports it)."""
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        return any(_fits(value, h) for h in get_args(hint))
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in get_args(hint))
+    if origin is list:
+        (item,) = get_args(hint)
+        return type(value) is list and all(_fits(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    return type(value) is hint or (hint is float and type(value) is int)
+
+
 def _convert(name: str, value: Any, source: str) -> Any:
     if name not in _FIELDS:
         raise ConfigError(f"unknown setting {name!r} (from {source}); known: {', '.join(sorted(_FIELDS))}")
-    adapter = _ADAPTERS.get(name)
-    if adapter is None:
-        adapter = _ADAPTERS[name] = TypeAdapter(_HINTS[name])
     if isinstance(value, str) and name == "queues":
         value = [q.strip() for q in value.split(",") if q.strip()] or None
     elif isinstance(value, str) and value.strip().lower() in ("", "none") and "None" in str(_HINTS[name]):
         value = None
-    try:
-        converted = adapter.validate_python(value)
-    except ValidationError as exc:
-        msg = exc.errors()[0]["msg"]
-        raise ConfigError(f"bad value {value!r} for setting {name!r} (from {source}): {msg}") from None
+    if _fits(value, _HINTS[name]):
+        converted = float(value) if _HINTS[name] is float else value
+    else:
+        from pydantic import TypeAdapter, ValidationError
+
+        adapter = _ADAPTERS.get(name)
+        if adapter is None:
+            adapter = _ADAPTERS[name] = TypeAdapter(_HINTS[name])
+        try:
+            converted = adapter.validate_python(value)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise ConfigError(f"bad value {value!r} for setting {name!r} (from {source}): {msg}") from None
     low = _MINIMUM.get(name)
     if low is not None and converted is not None and converted < low:
         raise ConfigError(f"bad value {value!r} for setting {name!r} (from {source}): must be >= {low}")

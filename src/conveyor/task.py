@@ -10,16 +10,14 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Union
 
-import pydantic
 import uuid_utils
-from pydantic_core import ArgsKwargs, SchemaValidator
-from pydantic_core import core_schema as cs
 
 from .brokers import Message
 from .errors import ConfigError, InvalidArguments, PayloadTooLarge
 from .job import Job
 
 if TYPE_CHECKING:
+    from ._validation import Validator
     from .app import Conveyor
 
 P = ParamSpec("P")
@@ -68,14 +66,6 @@ def _as_backoff(spec: BackoffSpec) -> Callable[[int], float]:
     if callable(spec):
         return spec
     raise ConfigError(f"backoff must be seconds, a Backoff or a callable, not {spec!r}")
-
-
-def _type_name(tp: Any) -> str:
-    if tp is inspect.Parameter.empty or tp is Any:
-        return "any"
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
 
 
 def _seconds(value: float | timedelta | None, what: str) -> float | None:
@@ -161,10 +151,10 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
-        self._validator: Callable[..., tuple[tuple[Any, ...], dict[str, Any]]] | None = None
-        self._positional: list[str] = []
-        self._hints: dict[str, Any] = {}
-        self._result_adapter: pydantic.TypeAdapter[Any] | None = None
+        self._validator: Validator | None = None
+        self._decode: Callable[[Any], Any] | None = None
+        self._decode_ready = False
+        self._plain: _PlainSignature | bool | None = None  # see prepare()
         self._call: TaskCall[P, R] | None = None  # the call without options, reused
 
     def __repr__(self) -> str:
@@ -175,38 +165,10 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     # -- validation --------------------------------------------------------------------------
-    def _build_validator(self) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
-        try:
-            hints = typing.get_type_hints(self.fn)
-        except Exception as exc:
-            raise ConfigError(f"cannot resolve the type hints of task {self.name!r}: {exc}") from None
-        sig = inspect.signature(self.fn)
-        params = [p.replace(annotation=hints.get(p.name, Any)) for p in sig.parameters.values()]
-        self._hints = {p.name: hints.get(p.name, inspect.Parameter.empty) for p in params}
-        self._positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    def _build_validator(self) -> Validator:
+        from ._validation import build_validator
 
-        def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            return args, kwargs
-
-        capture.__signature__ = sig.replace(  # type: ignore[attr-defined]
-            parameters=params, return_annotation=inspect.Signature.empty
-        )
-        capture.__annotations__ = {p.name: p.annotation for p in params}
-        capture.__name__ = capture.__qualname__ = self.name
-        schema = _scalar_call_schema(params, capture)
-        if schema is not None:
-            check = SchemaValidator(schema, {"title": self.name}).validate_python
-        else:
-            # The validator of pydantic.validate_call(capture), called without its two wrapper
-            # layers: the same schema (so the same conversions and errors), 0.3 us less per call.
-            config = pydantic.ConfigDict(arbitrary_types_allowed=True)
-            target: Any = capture
-            check = pydantic.TypeAdapter(target, config=config).validator.validate_python
-
-        def validator(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            return check(ArgsKwargs(args, kwargs))  # type: ignore[no-any-return]
-
-        return validator
+        return build_validator(self.fn, self.name)
 
     def validate(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Bind ``args``/``kwargs`` to the signature and check them against the type hints.
@@ -216,41 +178,28 @@ class Task(Generic[P, R]):
         """
         if self._validator is None:
             self._validator = self._build_validator()
-        try:
-            return self._validator(*args, **kwargs)
-        except pydantic.ValidationError as exc:
-            raise InvalidArguments(self.name, self._explain(exc)) from None
+        return self._validator(*args, **kwargs)
 
-    def _explain(self, exc: pydantic.ValidationError) -> list[dict[str, Any]]:
-        out = []
-        for err in exc.errors(include_url=False):
-            loc = list(err.get("loc", ()))
-            head = loc[0] if loc else "?"
-            if isinstance(head, int):
-                head = self._positional[head] if head < len(self._positional) else f"#{head}"
-            name = ".".join([str(head), *map(str, loc[1:])])
-            expected = _type_name(self._hints[head]) if head in self._hints else None
-            entry = {"argument": name, "expected": expected, "message": err["msg"]}
-            if err.get("type") not in ("missing_argument", "missing"):
-                entry["input"] = repr(err.get("input"))[:200]
-            out.append(entry)
-        return out
+    def prepare(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Sequence[Any], Mapping[str, Any]]:
+        """The arguments a worker calls the function with, decoded from a message. They were
+        validated at enqueue; they are validated (and converted: JSON has no datetime, tuple or
+        model) again here, except when every parameter is a JSON scalar (int, str, bool, float or
+        untyped) and every argument already has exactly its declared type: validation would return
+        them unchanged, and the worker then never imports pydantic."""
+        plain = self._plain
+        if plain is None:
+            plain = self._plain = _PlainSignature.of(self.fn) or False
+        if plain is not False and plain.fits(args, kwargs):  # type: ignore[union-attr]
+            return args, kwargs
+        return self.validate(args, kwargs)
 
     def decode_result(self, value: Any) -> Any:
         """Turn a stored JSON result back into the task's declared return type, when it has one."""
-        if self._result_adapter is None:
-            try:
-                hint = typing.get_type_hints(self.fn).get("return", Any)
-            except Exception:
-                hint = Any
-            # For an ``async def`` the hint is already the awaited type.
-            if hint in (Any, type(None), None):
-                return value
-            self._result_adapter = pydantic.TypeAdapter(hint)
-        try:
-            return self._result_adapter.validate_python(value)
-        except pydantic.ValidationError:
-            return value
+        if not self._decode_ready:
+            from ._validation import result_decoder
+
+            self._decode, self._decode_ready = result_decoder(self.fn), True
+        return value if self._decode is None else self._decode(value)
 
     # -- enqueueing --------------------------------------------------------------------------
     def options(self, **options: Any) -> TaskCall[P, R]:
@@ -306,10 +255,7 @@ class Task(Generic[P, R]):
         validator = self._validator
         if validator is None:
             validator = self._validator = self._build_validator()
-        try:
-            vargs, vkwargs = validator(*args, **kwargs)
-        except pydantic.ValidationError as exc:
-            raise InvalidArguments(self.name, self._explain(exc)) from None
+        vargs, vkwargs = validator(*args, **kwargs)  # raises InvalidArguments
         # A list, not the validator's tuple: pickle would keep the tuple, and a worker reads
         # anything but {"args": [...], "kwargs": {...}} as a malformed message.
         app = self.app
@@ -324,31 +270,57 @@ class Task(Generic[P, R]):
                             plan.timeout, now)
 
 
-_SCALARS: dict[Any, Callable[[], Any]] = {int: cs.int_schema, str: cs.str_schema, float: cs.float_schema,
-                                           bool: cs.bool_schema, bytes: cs.bytes_schema, Any: cs.any_schema}
-_MODES: dict[Any, Any] = {inspect.Parameter.POSITIONAL_ONLY: "positional_only",
-                          inspect.Parameter.POSITIONAL_OR_KEYWORD: "positional_or_keyword",
-                          inspect.Parameter.KEYWORD_ONLY: "keyword_only"}
+class _PlainSignature:
+    """A signature whose parameters are all JSON scalars, for :meth:`Task.prepare`."""
 
+    __slots__ = ("keyword", "positional", "required")
+    _SCALARS = (int, str, bool, float)
 
-def _scalar_call_schema(params: Sequence[inspect.Parameter], function: Callable[..., Any]) -> Any:
-    """The core schema pydantic generates for ``function`` when every parameter is a plain scalar
-    (int, str, float, bool, bytes or Any, with plain defaults), built directly: pydantic's own
-    generation imports ~20 ms of modules on first use, which each new worker process paid on its
-    first job. None for any other signature (then pydantic generates it)."""
-    arguments = []
-    for p in params:
+    def __init__(self, positional: list[Any], keyword: dict[str, Any], required: list[tuple[int, str]]) -> None:
+        self.positional = positional  # the type of each positional parameter (None: any)
+        self.keyword = keyword  # name -> (position or -1, type or None)
+        self.required = required  # (position, name) of the parameters without a default
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any]) -> _PlainSignature | None:
         try:
-            make, mode = _SCALARS.get(p.annotation), _MODES.get(p.kind)
-        except TypeError:  # an unhashable annotation
+            hints = typing.get_type_hints(fn, include_extras=True)  # Annotated[int, Field(ge=1)] is no scalar
+            params = inspect.signature(fn).parameters.values()
+        except Exception:
             return None
-        if make is None or mode is None or type(p.default).__module__.startswith("pydantic"):
-            return None
-        schema = make()
-        if p.default is not inspect.Parameter.empty:
-            schema = cs.with_default_schema(schema, default=p.default)
-        arguments.append(cs.arguments_parameter(p.name, schema, mode=mode))
-    return cs.call_schema(cs.arguments_schema(arguments), function)
+        positional: list[Any] = []
+        keyword: dict[str, Any] = {}
+        required: list[tuple[int, str]] = []
+        for p in params:
+            hint = hints.get(p.name, Any)
+            if (hint is not Any and hint not in cls._SCALARS) or type(p.default).__module__.startswith("pydantic"):
+                return None  # a constrained type or a Field default: pydantic applies it
+            kind = None if hint is Any else hint
+            if p.kind is p.POSITIONAL_OR_KEYWORD:
+                keyword[p.name] = (len(positional), kind)
+                if p.default is p.empty:
+                    required.append((len(positional), p.name))
+                positional.append(kind)
+            elif p.kind is p.KEYWORD_ONLY:
+                keyword[p.name] = (-1, kind)
+                if p.default is p.empty:
+                    required.append((-1, p.name))
+            else:  # *args, **kwargs, positional-only: left to pydantic
+                return None
+        return cls(positional, keyword, required)
+
+    def fits(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+        n = len(args)
+        if n > len(self.positional):
+            return False
+        for value, kind in zip(args, self.positional):
+            if kind is not None and type(value) is not kind:
+                return False
+        for name, value in kwargs.items():
+            spec = self.keyword.get(name)
+            if spec is None or 0 <= spec[0] < n or (spec[1] is not None and type(value) is not spec[1]):
+                return False  # unknown, given twice or of another type: validation says which
+        return all(0 <= at < n or name in kwargs for at, name in self.required)
 
 
 def _check_option_names(options: Mapping[str, Any]) -> None:

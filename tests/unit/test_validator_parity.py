@@ -12,6 +12,7 @@ from typing import Any
 
 import pydantic
 import pytest
+from pydantic_core import ArgsKwargs
 
 from conveyor import Conveyor
 from conveyor.errors import InvalidArguments
@@ -40,6 +41,9 @@ def variadic(a, /, b: list[int], *rest: int, **kw: str) -> None: ...  # type: ig
 
 
 def rich(m: Model, p: Point, o: Opaque, when: datetime.datetime, d: dict[str, int] | None = None) -> None: ...
+
+
+def constrained(x: typing.Annotated[int, pydantic.Field(ge=1)]) -> None: ...
 
 
 def field_default(x: int = pydantic.Field(default=3, ge=1)) -> None: ...
@@ -92,12 +96,53 @@ def test_the_validator_agrees_with_validate_call(fn: Callable[..., Any], args: t
             task.validate(args, kwargs)
     elif expected[0] == "ok":
         assert repr(task.validate(args, kwargs)) == repr(expected[1])
-    validator = task._validator or task._build_validator()
-    assert repr(outcome(lambda: validator(*args, **kwargs))) == repr(expected)  # errors item by item
+    check = (task._validator or task._build_validator()).check  # type: ignore[attr-defined]
+    assert repr(outcome(lambda: check(ArgsKwargs(args, kwargs)))) == repr(expected)  # errors item by item
+
+
+def bound(fn: Callable[..., Any], args: Any, kwargs: Any) -> dict[str, Any]:
+    call = inspect.signature(fn).bind(*args, **kwargs)
+    call.apply_defaults()
+    return {name: (type(value), value) for name, value in call.arguments.items()}
+
+
+EXACT: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = [
+    (plain, (1,), {}), (plain, (1, "b"), {"z": 2.5}), (plain, (), {"x": 3, "y": "c"}), (plain, (1,), {"z": 2}),
+    (plain, (True,), {}), (plain, (1, "a", 2.0), {}), (plain, (1,), {"x": 1}), (plain, (1,), {"w": 1}),
+    (plain, (1.0,), {}), (plain, (), {"y": "q"}), (constrained, (0,), {}), (constrained, (2,), {}),
+]
+
+
+@pytest.mark.parametrize(("fn", "args", "kwargs"), CASES + EXACT)
+def test_a_worker_skips_validation_only_where_it_changes_nothing(fn: Callable[..., Any], args: tuple[Any, ...],
+                                                                 kwargs: dict[str, Any]) -> None:
+    """Task.prepare (the worker's path) takes arguments as they are only when validating them would
+    give the same values of the same types; otherwise it validates, with the same errors."""
+    task = Conveyor("memory://").task(fn)
+    expected = outcome(lambda: task.validate(list(args), dict(kwargs)))
+    got = outcome(lambda: task.prepare(list(args), dict(kwargs)))
+    assert got[0] == expected[0]
+    if expected[0] == "ok":
+        assert repr(bound(fn, *got[1])) == repr(bound(fn, *expected[1]))
+    else:
+        assert got == expected
+
+
+def test_a_worker_with_scalar_tasks_never_imports_pydantic() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom conveyor import Conveyor\napp = Conveyor('memory://')\n"
+            "@app.task\ndef add(a: int, b: float = 1.0, *, c: str = '') -> float: return a + b\n"
+            "assert add.prepare([1, 2.5], {'c': 'x'}) == ([1, 2.5], {'c': 'x'})\n"
+            "from conveyor.worker import supervisor, runner\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pydantic_core')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_plain_scalar_signatures_skip_pydantic_schema_generation() -> None:
-    from conveyor.task import _scalar_call_schema
+    from conveyor._validation import scalar_call_schema as _scalar_call_schema
 
     def params(fn: Callable[..., Any]) -> list[inspect.Parameter]:
         hints = typing.get_type_hints(fn)

@@ -24,7 +24,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
 from ..errors import BrokerError
@@ -604,6 +603,8 @@ def broker_class(url: str) -> type[Broker]:
         raise BrokerError(f"broker URL {url!r} has no scheme; expected e.g. sqlite:///conveyor.db")
     target = _BUILTIN.get(scheme)
     if target is None:
+        from importlib.metadata import entry_points  # ~35 ms to import: only for third-party schemes
+
         found = [ep for ep in entry_points(group="conveyor.brokers") if ep.name == scheme]
         if not found:
             known = ", ".join(sorted(_BUILTIN))

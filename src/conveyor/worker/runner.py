@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +153,7 @@ class Runner:
                                     outcome.job_id, outcome.token)
 
     # -- one job -----------------------------------------------------------------------------
-    def _decode(self, lease: Lease) -> tuple[Any, Sequence[Any], dict[str, Any]] | Outcome:
+    def _decode(self, lease: Lease) -> tuple[Any, Sequence[Any], Mapping[str, Any]] | Outcome:
         task = self.app.tasks.get(lease.task)
         if task is None:
             return self._dead(lease, {"type": "UnknownTask",
@@ -165,7 +165,7 @@ class Runner:
             args, kwargs = data.get("args", []), data.get("kwargs", {})
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise SerializationError("the payload is not {\"args\": [...], \"kwargs\": {...}}")
-            args, kwargs = task.validate(args, kwargs)
+            args, kwargs = task.prepare(args, kwargs)
         except SerializationError as exc:
             return self._dead(lease, {"type": "MalformedMessage", "message": str(exc)})
         except InvalidArguments as exc:
@@ -174,7 +174,7 @@ class Runner:
             return self._dead(lease, {"type": type(exc).__name__, "message": f"could not prepare the job: {exc}"})
         return task, args, kwargs
 
-    def _enter(self, lease: Lease) -> Outcome | tuple[Any, Sequence[Any], dict[str, Any], _Running, Any, float]:
+    def _enter(self, lease: Lease) -> Outcome | tuple[Any, Sequence[Any], Mapping[str, Any], _Running, Any, float]:
         """Decode the job and make it the current one; an Outcome when it cannot run at all."""
         decoded = self._decode(lease)
         if isinstance(decoded, Outcome):
