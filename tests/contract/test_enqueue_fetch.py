@@ -85,6 +85,21 @@ def test_enqueueing_an_existing_id_again_changes_nothing(broker: Broker, make: M
     assert fetch(broker) == []
 
 
+def test_single_enqueues_and_batches_leave_the_same_store(broker: Broker, make: Make) -> None:
+    """A message enqueued alone (Redis has a shorter path for it) is stored, counted, listed and
+    fetched exactly like one sent in a batch, in one FIFO order within its priority."""
+    first, urgent, second, third = make(), make(priority=5), make(), make()
+    broker.enqueue([first])
+    broker.enqueue([urgent])
+    broker.enqueue([second, third])
+    assert broker.counts()["default"]["queued"] == 4
+    listed = broker.list_jobs(queue="default", limit=10)
+    assert {r.id for r in listed.jobs} == {first.id, urgent.id, second.id, third.id}
+    assert all(r.state == "queued" and r.attempts == 0 for r in listed.jobs)
+    assert ids(fetch(broker)) == [urgent.id, first.id, second.id, third.id]
+    assert broker.counts()["default"]["running"] == 4
+
+
 def test_a_fork_shares_the_jobs(broker: Broker, make: Make) -> None:
     other = broker.fork()
     try:

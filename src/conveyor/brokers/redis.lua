@@ -376,6 +376,25 @@ end
 flush()
 return out
 
+-- name: enqueue_one
+-- standalone (no prelude: a single enqueue pays for every line of it, ~5 us)
+-- The usual single enqueue, as the 'u' branch of enqueue does it for a batch of one: a message
+-- queued now without a unique key. ARGV after the queue: id, priority, m. Returns {} when the job
+-- was created, {1, id} when a job with that id exists (a retried call whose first try went through).
+local base, id, p = KEYS[2], ARGV[4], ARGV[5]
+local jk = base .. ':j:' .. id
+if redis.call('EXISTS', jk) == 1 then return {1, id} end
+redis.call('HSET', jk, 'state', 'queued', 'm', ARGV[6])
+if redis.call('RPUSH', base .. ':ready:' .. p, id) == 1 then
+  redis.call('ZADD', base .. ':prios', -tonumber(p), p)
+end
+redis.call('RPUSH', base .. ':fresh', id)
+redis.call('HINCRBY', base .. ':counts', 'queued', 1)
+if redis.call('RPUSH', base .. ':wake', '1') > 16 then redis.call('LTRIM', base .. ':wake', 0, 15) end
+redis.call('PUBLISH', ARGV[1] .. ':events',
+  '{"queue":' .. cjson.encode(ARGV[3]) .. ',"state":"queued","at":' .. ARGV[2] .. ',"ids":' .. cjson.encode({id}) .. '}')
+return {}
+
 -- name: fetch
 -- ARGV after the queues: limit, deadline, consumer. Returns {next due time or '', then per lease:
 -- id, token, queue index, attempt, m}.

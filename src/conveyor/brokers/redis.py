@@ -66,7 +66,8 @@ def _load_scripts() -> dict[str, str]:
     parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
     blocks = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
     prelude = _Prelude(blocks.pop("prelude"))
-    return {name: prelude.for_body(body) + "\n" + body + "\n" for name, body in blocks.items()}
+    return {name: body + "\n" if "-- standalone" in body.split("\n", 2)[0] else
+            prelude.for_body(body) + "\n" + body + "\n" for name, body in blocks.items()}
 
 
 class _Prelude:
@@ -457,6 +458,13 @@ class RedisBroker(Broker):
                                                    m.created_at or now, now]) + b"\n"
             return head + m.payload
 
+        if len(messages) == 1:
+            m = messages[0]
+            if m.key is None and (m.run_at is None or m.run_at <= now):  # the usual single enqueue
+                self._script("enqueue_one", [m.queue], now, [m.id, str(int(m.priority)), fixed(m)],
+                             self._register([m.queue]))
+                self._remember(((m.id, m.queue),))
+                return ids
         for group in self._groups([m.queue for m in messages]):
             positions: list[int] = []
             args: list[Any] = []
