@@ -320,7 +320,7 @@ def pyspy_command() -> list[str]:
     exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
     found = exe if os.path.exists(exe) else shutil.which("py-spy")
     if not found:
-        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install -e '.[bench]' (or make bench)")
     return [found]
 
 
