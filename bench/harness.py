@@ -681,11 +681,22 @@ def tidy(obj: Any) -> Any:
 HEADLINE = ("jobs_per_s", "steady_jobs_per_s", "p50_ms", "p99_ms", "peak_rss_mb")
 
 
+_FASTEST: list[float] = []  # the lowest calibration of this run: the machine's own speed
+
+
 def run_phase(bench: Bench, phase: str, a: argparse.Namespace) -> dict[str, Any]:
     """Run one phase; on a shared machine, run it again (up to ``--retries`` times) while other
-    processes used more than ``--max-noise`` % of the machine during it, and keep the quietest
-    successful attempt. Every attempt's headline figures and noise are kept in ``attempts``."""
+    processes used more than ``--max-noise`` % of the machine during it, or while the VM was slowed
+    down by its neighbours (the calibration loop, timed before and after the phase, took more than
+    ``--max-slowdown`` % longer than the fastest calibration of this run). The quietest successful
+    attempt is kept; every attempt's headline figures, noise and calibration are in ``attempts``."""
     attempts: list[dict[str, Any]] = []
+
+    def slowdown(r: dict[str, Any]) -> float:
+        m = r["machine"]
+        worst = max(m.get("calibration_ms") or 0.0, m.get("calibration_after_ms") or 0.0)
+        return 100.0 * (worst / min(_FASTEST) - 1.0) if _FASTEST else 0.0
+
     for k in range(1 + max(0, a.retries)):
         log(f"phase {phase} (attempt {k + 1}) ...")
         before = wait_quiet(a.quiet_wait, a.quiet_pct) if a.quiet_wait > 0 else None
@@ -696,23 +707,30 @@ def run_phase(bench: Bench, phase: str, a: argparse.Namespace) -> dict[str, Any]
                 res = getattr(bench, phase)(url)
         except Exception as exc:
             res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[-3000:]}
-        res.setdefault("machine", {}).update(busy_before_pct=before, calibration_ms=calib)
+        after = calibrate()
+        _FASTEST.append(min(calib, after, *_FASTEST))
+        res.setdefault("machine", {}).update(busy_before_pct=before, calibration_ms=calib, calibration_after_ms=after)
         res["git"] = src
         attempts.append(res)
         noise = res["machine"].get("other_busy_pct")
+        slow = slowdown(res)
+        res["machine"]["slowdown_pct"] = rnd(slow, 1)
         shown = {key: rnd(res.get(key), 1) for key in (*HEADLINE, "ok", "error") if key in res}
-        log(f"phase {phase}: {shown} other_busy_pct={rnd(noise, 1)}")
-        if res.get("ok") and (noise is None or noise <= a.max_noise):
+        log(f"phase {phase}: {shown} other_busy_pct={rnd(noise, 1)} slowdown_pct={rnd(slow, 1)}")
+        if res.get("ok") and (noise is None or noise <= a.max_noise) and slow <= a.max_slowdown:
             break
         if res.get("ok") and k < a.retries:
-            log(f"other processes used {noise:.0f}% of the machine during the phase (> {a.max_noise:g}%): again")
+            log(f"others used {noise or 0:.0f}% of the machine (limit {a.max_noise:g}%) and slowed the CPU by "
+                f"{slow:.0f}% (limit {a.max_slowdown:g}%): again")
     good = [r for r in attempts if r.get("ok")] or attempts
-    best = min(good, key=lambda r: r["machine"].get("other_busy_pct") or 0.0)
+    best = min(good, key=lambda r: (slowdown(r) > a.max_slowdown, r["machine"].get("other_busy_pct") or 0.0))
     best = dict(best)
     best["attempts"] = [{**{key: r.get(key) for key in HEADLINE if r.get(key) is not None},
                          "other_busy_pct": r["machine"].get("other_busy_pct"),
-                         "calibration_ms": r["machine"].get("calibration_ms"), "ok": r.get("ok")} for r in attempts]
-    best["noisy"] = (best["machine"].get("other_busy_pct") or 0.0) > a.max_noise
+                         "calibration_ms": r["machine"].get("calibration_ms"),
+                         "calibration_after_ms": r["machine"].get("calibration_after_ms"), "ok": r.get("ok")}
+                        for r in attempts]
+    best["noisy"] = (best["machine"].get("other_busy_pct") or 0.0) > a.max_noise or slowdown(best) > a.max_slowdown
     return best
 
 
@@ -744,6 +762,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="a phase during which other processes used more than this %% of the machine is run "
                     "again (default 15)")
     ap.add_argument("--retries", type=int, default=2, help="extra attempts of a noisy phase (default 2)")
+    ap.add_argument("--max-slowdown", type=float, default=25.0,
+                    help="a phase whose calibration loop (before or after it) ran more than this %% slower than "
+                         "the fastest of the run is run again (default 25)")
     ap.add_argument("--keep", action="store_true", help="keep each phase's SQLite folder")
     ap.add_argument("--profile", metavar="DIR", help="record py-spy samples (raw collapsed stacks) of the "
                     "producers and of the worker into DIR; summarize with python -m bench.hotspots DIR/x.txt")
@@ -770,6 +791,7 @@ def compile_sources() -> None:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     compile_sources()
+    _FASTEST.append(calibrate())
     atexit.register(_stop_all)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
