@@ -154,7 +154,8 @@ class Task(Generic[P, R]):
         self._validator: Validator | None = None
         self._decode: Callable[[Any], Any] | None = None
         self._decode_ready = False
-        self._plain: _PlainSignature | bool | None = None  # see prepare()
+        self._plain: _PlainSignature | None = None  # see prepare()
+        self._plain_ready = False
         self._call: TaskCall[P, R] | None = None  # the call without options, reused
 
     def __repr__(self) -> str:
@@ -186,10 +187,9 @@ class Task(Generic[P, R]):
         model) again here, except when every parameter is a JSON scalar (int, str, bool, float or
         untyped) and every argument already has exactly its declared type: validation would return
         them unchanged, and the worker then never imports pydantic."""
-        plain = self._plain
-        if plain is None:
-            plain = self._plain = _PlainSignature.of(self.fn) or False
-        if plain is not False and plain.fits(args, kwargs):  # type: ignore[union-attr]
+        if not self._plain_ready:
+            self._plain, self._plain_ready = _PlainSignature.of(self.fn), True
+        if self._plain is not None and self._plain.fits(args, kwargs):
             return args, kwargs
         return self.validate(args, kwargs)
 
