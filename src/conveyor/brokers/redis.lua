@@ -390,6 +390,7 @@ if redis.call('RPUSH', base .. ':ready:' .. p, id) == 1 then
 end
 redis.call('RPUSH', base .. ':fresh', id)
 redis.call('HINCRBY', base .. ':counts', 'queued', 1)
+-- 16: the prelude's WAKE (tokens kept per wake list), written out since this script has no prelude
 if redis.call('RPUSH', base .. ':wake', '1') > 16 then redis.call('LTRIM', base .. ':wake', 0, 15) end
 redis.call('PUBLISH', ARGV[1] .. ':events',
   '{"queue":' .. cjson.encode(ARGV[3]) .. ',"state":"queued","at":' .. ARGV[2] .. ',"ids":' .. cjson.encode({id}) .. '}')
