@@ -381,7 +381,9 @@ class TaskCall(Generic[P, R]):
 
     def enqueue_many(self, calls: Iterable[Any]) -> list[Job[R]]:
         """Validate every call, then enqueue them all in one round trip. Nothing is enqueued if
-        any call is invalid (the error names the call's index)."""
+        any call is invalid (the error names the call's index). A broker may store a large batch
+        in atomic chunks (Redis: 250 per script, streamed), so a connection lost for good may
+        leave part of it stored; see docs/tasks-and-jobs.md."""
         task, opts, plan = self.task, self.opts, self._plan()
         app = task.app
         now = app.broker.clock()  # one enqueue time for the batch

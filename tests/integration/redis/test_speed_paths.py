@@ -3,6 +3,7 @@ the compact enqueue and ack formats, and the lease set's permanent sentinel memb
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ import uuid_utils
 
 from conftest import REDIS_URL, unique_url
 from conveyor.brokers import Message, Outcome
-from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.redis import CHUNK, RedisBroker
+from conveyor.errors import BrokerError
 from conveyor.testing import require_service
 
 
@@ -136,6 +138,41 @@ def test_compact_and_general_enqueue_formats_agree(broker: RedisBroker) -> None:
     leased = broker.fetch(["default"], 100, 30, "c1")
     assert leased[0].job_id == mixed[2].id  # the priority 3 job first
     assert {lease.job_id for lease in leased} >= {m.id for m in plain}
+
+
+def test_a_large_batch_is_streamed_in_chunks_and_stored_whole_once(broker: RedisBroker) -> None:
+    n = 2 * CHUNK + 17  # three scripts, the last one short
+    batch = [message() for _ in range(n)]
+    before = [batch[0], batch[CHUNK], batch[-1]]  # already stored: a re-sent chunk's jobs
+    assert broker.enqueue(before) == [m.id for m in before]
+    client = raw(broker)
+    events = client.pubsub()
+    events.subscribe(broker.prefix + ":events")
+    assert events.get_message(timeout=1)["type"] == "subscribe"
+    assert broker.enqueue(batch) == [m.id for m in batch]
+    assert broker.counts()["default"] == {"queued": n}
+    leased = broker.fetch(["default"], n + 10, 30, "c1")
+    assert [lease.job_id for lease in leased] == [m.id for m in before] + [m.id for m in batch if m not in before]
+    announced = []
+    while (got := events.get_message(timeout=0.5)) is not None:
+        if got["type"] == "message" and b'"state":"queued"' in got["data"]:
+            announced += json.loads(got["data"])["ids"]
+    assert sorted(announced) == sorted(m.id for m in batch if m not in before)  # one event per chunk
+    events.close()
+
+
+def test_a_streamed_batch_survives_lost_scripts_and_reports_a_refusal(broker: RedisBroker) -> None:
+    client = raw(broker)
+    client.script_flush()  # what a restart without persistence of scripts does
+    batch = [message() for _ in range(CHUNK + 1)]
+    assert broker.enqueue(batch) == [m.id for m in batch]
+    assert broker.counts()["default"] == {"queued": CHUNK + 1}
+    # a chunk Redis refuses (here: a key of the wrong type where the ready list goes) says why
+    client.set("{" + broker.prefix + ":default}:ready:0", "not a list")
+    with pytest.raises(BrokerError, match="refused the operation"):
+        broker.enqueue([message() for _ in range(CHUNK + 1)])
+    client.delete("{" + broker.prefix + ":default}:ready:0")
+    assert broker.enqueue([message()])  # the connection is still in step
 
 
 def test_plain_and_general_acks_in_one_batch(broker: RedisBroker) -> None:
