@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -28,7 +28,7 @@ import redis
 import uuid_utils
 
 from conveyor import Conveyor
-from conveyor.brokers import JobRecord
+from conveyor.brokers import JobRecord, Message
 from conveyor.brokers.redis import RedisBroker
 from conveyor.testing import require_service
 
@@ -259,3 +259,22 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def broker() -> Iterator[RedisBroker]:
+    """An open broker under a prefix of its own on the test Redis, dropped afterwards."""
+    require_service(REDIS_URL, "Redis")
+    made = RedisBroker(unique_url(REDIS_URL)[0])
+    made.open()
+    try:
+        yield made
+    finally:
+        made.drop()
+        made.close()
+
+
+def message(queue: str = "default", **fields: Any) -> Message:
+    """A no-op message with a fresh id, for the broker-level tests."""
+    return Message(id=str(uuid_utils.uuid7()), task="t.noop", queue=queue, payload=b"{}", created_at=time.time(),
+                   **fields)

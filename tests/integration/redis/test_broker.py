@@ -6,35 +6,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-import uuid_utils
 
-from conftest import REDIS_URL, RedisServer, free_port, unique_url
-from conveyor.brokers import Message, Outcome
+from conftest import REDIS_URL, RedisServer, free_port, message
+from conveyor.brokers import Outcome
 from conveyor.brokers.redis import RedisBroker
 from conveyor.errors import BrokerError
-from conveyor.testing import require_service
-
-
-@pytest.fixture
-def broker() -> Iterator[RedisBroker]:
-    require_service(REDIS_URL, "Redis")
-    made = RedisBroker(unique_url(REDIS_URL)[0])
-    made.open()
-    try:
-        yield made
-    finally:
-        made.drop()
-        made.close()
-
-
-def message(queue: str = "default", **fields: Any) -> Message:
-    return Message(id=str(uuid_utils.uuid7()), task="t.noop", queue=queue, payload=b"{}", created_at=time.time(),
-                   **fields)
 
 
 def test_every_state_change_is_published(broker: RedisBroker) -> None:
