@@ -111,7 +111,8 @@ def floor(url: str, n: int, batch: int | None) -> tuple[str, float] | None:
     return None
 
 
-def _with_floor(res: dict[str, Any], url: str, n: int, batch: int | None, before: Any) -> dict[str, Any]:
+def _with_floor(res: dict[str, Any], url: str, n: int, batch: int | None,
+                before: tuple[str, float] | None) -> dict[str, Any]:
     after = floor(url, n, batch)
     if before is not None and after is not None:
         mean = (before[1] + after[1]) / 2.0

@@ -234,21 +234,33 @@ class RedisBroker(Broker):
                 raise
             except RedisError as exc:
                 raise self._error(exc) from None
-        link = self._link()
 
-        def attempt() -> Any:
+        def attempt(link: Any) -> Any:
             if _pack is not None:  # hiredis packs the whole command in C
                 link.send_packed_command([_pack(args)])
             else:
                 link.send_command(*args)
             return link.read_response()
 
+        return self._on_link(attempt)
+
+    def _on_link(self, attempt: Callable[[Any], Any]) -> Any:
+        """``attempt(link)`` on this thread's own connection (made on first use, and again after
+        fork); a lost connection is dropped and the attempt retried with exponential back-off, then
+        BrokerError. NoScriptError passes through for the caller to load the scripts."""
+        link = getattr(self._local, "link", None)
+        if link is None or self._local.pid != os.getpid():
+            link = self._conn().connection_pool.make_connection()
+            self._local.link, self._local.pid = link, os.getpid()
+            with self._lock:
+                self._links.append(link)
+
         def failed(error: Exception) -> None:
             self._trouble(error)
             link.disconnect()
 
         try:
-            reply = self._retry.call_with_retry(attempt, failed)
+            reply = self._retry.call_with_retry(lambda: attempt(link), failed)
         except NoScriptError:
             raise
         except RedisError as exc:
@@ -257,24 +269,13 @@ class RedisBroker(Broker):
             self._up()
         return reply
 
-    def _link(self) -> Any:
-        """This thread's own connection (made on first use, and again after fork)."""
-        link = getattr(self._local, "link", None)
-        if link is None or self._local.pid != os.getpid():
-            link = self._conn().connection_pool.make_connection()
-            self._local.link, self._local.pid = link, os.getpid()
-            with self._lock:
-                self._links.append(link)
-        return link
-
     def _stream(self, commands: Iterator[tuple[Any, ...]]) -> list[Any]:
         """Raw replies of ``commands``, each sent as soon as the iterator yields it and the replies
         read at the end: Redis runs one command while Python builds the next. A lost connection
         sends them all again (so they must be idempotent), with the back-off of ``_exec``."""
-        link = self._link()
         sent: list[list[bytes]] = []
 
-        def attempt() -> list[Any]:
+        def attempt(link: Any) -> list[Any]:
             check = True  # redis-py's health check (a PING) only before the first: replies are pending
 
             def send(packed: list[bytes]) -> None:
@@ -296,17 +297,7 @@ class RedisBroker(Broker):
                     replies.append(exc)
             return replies
 
-        def failed(error: Exception) -> None:
-            self._trouble(error)
-            link.disconnect()
-
-        try:
-            replies = self._retry.call_with_retry(attempt, failed)
-        except RedisError as exc:
-            raise self._error(exc) from None
-        if self._down_since is not None:
-            self._up()
-        return list(replies)
+        return list(self._on_link(attempt))
 
     def _many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Raw replies of several commands in one round trip (pipelined)."""
