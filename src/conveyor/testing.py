@@ -1,4 +1,4 @@
-"""Helpers for testing code that uses Conveyor: a fake clock and a service gate.
+"""Helpers for testing code that uses Conveyor: a fake clock, a service gate and a poll.
 
 The memory broker with a :class:`FakeClock` is the test double of every broker::
 
@@ -12,7 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -54,3 +58,17 @@ def require_service(url: str, name: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message + " (CI is set: a missing service fails the test)")
     pytest.skip(message)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns something truthy, and return
+    that; raise AssertionError naming ``what`` (and the last value) when ``timeout`` passes first.
+    For tests that watch another process: a worker, a restarted server."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {value!r})")
+        time.sleep(interval)

@@ -15,18 +15,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 import pytest
 
 from conveyor import Conveyor
 from conveyor.brokers import JobRecord
-
-T = TypeVar("T")
+from conveyor.testing import wait_for
 
 TASKS_MODULE = '''\
 """Tasks of the acceptance tests (written by tests/acceptance/conftest.py)."""
@@ -141,18 +137,6 @@ def until_cancelled(limit: float = 30.0) -> str:
 _BIN = Path(sys.executable).with_name("conveyor")
 CONVEYOR = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "conveyor.cli"]
 _counter = itertools.count()
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes (fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {value!r})")
-        time.sleep(interval)
 
 
 class Worker:

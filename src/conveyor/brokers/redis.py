@@ -16,44 +16,24 @@ use Redis Cluster) and redis-py's own (``socket_timeout``, ``socket_connect_time
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
-from importlib.resources import files
 from itertools import islice
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
-from redis import Redis
-from redis.backoff import ExponentialBackoff
-from redis.client import NEVER_DECODE
-from redis.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from ..errors import BrokerError, JobNotFound
 from . import TERMINAL_STATES, Broker, Clock, ExtendResult, JobPage, JobRecord, Lease, Message, Outcome, WorkerInfo
-
-_pack: Any
-try:
-    from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover - redis-py's own packer then
-    _pack = None
+from ._redis_link import SCRIPTS, SHAS, RedisLink, parse_url
 
 log = logging.getLogger(__name__)
 
 OUTCOME_STATES = frozenset({"succeeded", "failed", "cancelled", "scheduled", "queued"})
-REDIS_OPTIONS = frozenset({"db", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "retry_on_timeout",
-                           "max_connections", "health_check_interval", "ssl_cert_reqs", "ssl_ca_certs",
-                           "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "protocol", "client_name"})
 BATCH = 1000  # jobs per purge / prune / recover script call, so no call blocks Redis for long
 INDEX_CALLS = 100  # recover calls at most that one recover() makes to index new ids (BATCH each)
 SCAN_BUDGET = 10_000  # index entries list_jobs examines per queue and page when filtering
@@ -62,74 +42,8 @@ WHERE_MAX = 200_000  # job id -> queue entries remembered by one broker
 # enough that Redis starts storing while Python still encodes, large enough that the script's
 # fixed cost (~30 us) stays under 0.2 us per job.
 CHUNK = 250
-_CHECKED: set[str] = set()  # servers whose durability settings this process has checked
 
 
-def _load_scripts() -> dict[str, str]:
-    text = files(__package__).joinpath("redis.lua").read_text()
-    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
-    blocks = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
-    prelude = _Prelude(blocks.pop("prelude"))
-    return {name: body + "\n" if "-- standalone" in body.split("\n", 2)[0] else
-            prelude.for_body(body) + "\n" + body + "\n" for name, body in blocks.items()}
-
-
-class _Prelude:
-    """The prelude, put in front of a script without the helper functions that script never calls
-    (directly or through another helper): Lua creates every ``local function`` anew on each call
-    of a script, and the unused ones cost a single enqueue some 5 us of Redis time."""
-
-    def __init__(self, text: str) -> None:
-        self.segments: list[tuple[str | None, str]] = []  # (function name or None, text), in order
-        lines = text.splitlines(keepends=True)
-        i = 0
-        while i < len(lines):
-            head = re.match(r"local function (\w+)\(", lines[i])
-            end = i
-            if head and not lines[i].rstrip().endswith(" end"):
-                while lines[end].rstrip("\n") != "end":
-                    end += 1
-            self.segments.append((head[1] if head else None, "".join(lines[i:end + 1])))
-            i = end + 1
-        self.defined = {name for name, _ in self.segments if name}
-        self.calls = {name: self.called(text) for name, text in self.segments if name}
-        self.always = self.called("".join(text for name, text in self.segments if not name))
-
-    def called(self, code: str) -> set[str]:
-        code = re.sub(r"--[^\n]*", "", code)  # comments name helpers too (no string holds "--")
-        return self.defined.intersection(re.findall(r"\w+", code))
-
-    def for_body(self, body: str) -> str:
-        needed, todo = set(), self.called(body) | self.always
-        while todo:
-            name = todo.pop()
-            needed.add(name)
-            todo |= self.calls[name] - needed
-        return "".join(text for name, text in self.segments if name is None or name in needed)
-
-
-SCRIPTS = _load_scripts()
-SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
-
-
-def parse_url(url: str) -> tuple[str, dict[str, str]]:
-    """Split a ``redis://`` URL into the URL redis-py gets and Conveyor's own options."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise BrokerError(f"not a Redis URL: {url!r}")
-    ours: dict[str, str] = {}
-    theirs: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in ("prefix", "cluster"):
-            ours[name] = value
-        elif name in REDIS_OPTIONS:
-            theirs.append((name, value))
-        else:
-            raise BrokerError(f"unknown Redis URL option {name!r} in {url!r}")
-    prefix = ours.setdefault("prefix", "conveyor")
-    if not prefix or re.search(r"[{}\[\]*?\s]", prefix):
-        raise BrokerError(f"Redis key prefix {prefix!r} must be non-empty, without braces, brackets, * ? or spaces")
-    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
 
 
 def _f(x: float) -> str:
@@ -188,196 +102,23 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, clock: Clock | None = None) -> None:
         super().__init__(url, clock=clock)
-        self._client_url, options = parse_url(url)
+        client_url, options = parse_url(url)
         self.prefix = options["prefix"]
         self.cluster = options.get("cluster", "").lower() in ("1", "true", "yes")
-        parts = urlsplit(self._client_url)
-        self._where_text = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or '/0'}"
-        self._redis: Any = None
-        self._pid = os.getpid()
+        self._link = RedisLink(client_url, self.cluster)
         self._lock = threading.Lock()
-        self._local = threading.local()  # this thread's own connection for single commands
-        self._links: list[Any] = []
-        self._retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 5)
         self._where: dict[str, str] = {}  # job id -> queue, for jobs this broker enqueued or leased
         self._queues: tuple[float, list[str]] = (0.0, [])
         self._registered: dict[str, float] = {}  # queue -> when this broker last listed it
         self._next_due: float | None = None
-        self._down_since: float | None = None
 
     # -- connection --------------------------------------------------------------------------
-    def _conn(self) -> Any:
-        if self._redis is not None and self._pid == os.getpid():
-            return self._redis
-        self._pid = os.getpid()  # a connection never crosses fork(): the child makes its own
-        options: dict[str, Any] = {
-            "socket_timeout": 10.0, "socket_connect_timeout": 3.0, "socket_keepalive": True,
-            "health_check_interval": 15,
-            "retry": self._retry,
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-        }
-        cls: Any = RedisCluster if self.cluster else Redis
-        try:
-            self._redis = cls.from_url(self._client_url, **options)
-        except (RedisError, ValueError, TypeError) as exc:
-            raise BrokerError(f"bad Redis URL {self.url!r}: {exc}") from None
-        return self._redis
-
-    def _exec(self, *args: Any) -> Any:
-        """One command and its raw reply, on this thread's own connection (redis-py's client adds
-        some 40 us of bookkeeping per command, which single enqueues and latency feel). Lost
-        connections are retried with exponential back-off, then raise BrokerError."""
-        if self.cluster:
-            try:
-                return self._conn().execute_command(*args)
-            except NoScriptError:
-                raise
-            except RedisError as exc:
-                raise self._error(exc) from None
-
-        def attempt(link: Any) -> Any:
-            if _pack is not None:  # hiredis packs the whole command in C
-                link.send_packed_command([_pack(args)])
-            else:
-                link.send_command(*args)
-            return link.read_response()
-
-        return self._on_link(attempt)
-
-    def _on_link(self, attempt: Callable[[Any], Any]) -> Any:
-        """``attempt(link)`` on this thread's own connection (made on first use, and again after
-        fork); a lost connection is dropped and the attempt retried with exponential back-off, then
-        BrokerError. NoScriptError passes through for the caller to load the scripts."""
-        link = getattr(self._local, "link", None)
-        if link is None or self._local.pid != os.getpid():
-            link = self._conn().connection_pool.make_connection()
-            self._local.link, self._local.pid = link, os.getpid()
-            with self._lock:
-                self._links.append(link)
-
-        def failed(error: Exception) -> None:
-            self._trouble(error)
-            link.disconnect()
-
-        try:
-            reply = self._retry.call_with_retry(lambda: attempt(link), failed)
-        except NoScriptError:
-            raise
-        except RedisError as exc:
-            raise self._error(exc) from None
-        if self._down_since is not None:
-            self._up()
-        return reply
-
-    def _stream(self, commands: Iterator[tuple[Any, ...]]) -> list[Any]:
-        """Raw replies of ``commands``, each sent as soon as the iterator yields it and the replies
-        read at the end: Redis runs one command while Python builds the next. A lost connection
-        sends them all again (so they must be idempotent), with the back-off of ``_exec``."""
-        sent: list[list[bytes]] = []
-
-        def attempt(link: Any) -> list[Any]:
-            check = True  # redis-py's health check (a PING) only before the first: replies are pending
-
-            def send(packed: list[bytes]) -> None:
-                nonlocal check
-                link.send_packed_command(packed, check_health=check)
-                check = False
-
-            for packed in sent:  # a retry: what the lost connection may not have delivered
-                send(packed)
-            for command in commands:
-                packed = [_pack(command)] if _pack is not None else link.pack_command(*command)
-                sent.append(packed)
-                send(packed)
-            replies: list[Any] = []
-            for _ in sent:
-                try:
-                    replies.append(link.read_response())
-                except ResponseError as exc:  # read whole: the next replies stay in step
-                    replies.append(exc)
-            return replies
-
-        return list(self._on_link(attempt))
-
-    def _many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Raw replies of several commands in one round trip (pipelined)."""
-        if len(commands) == 1:
-            return [self._exec(*commands[0])]
-        pipe = self._conn().pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command, **{NEVER_DECODE: True})
-        try:
-            return list(pipe.execute())
-        except RedisError as exc:
-            raise self._error(exc) from None
-
-    def _trouble(self, exc: Exception) -> None:
-        """Say once per outage that Redis cannot be reached (then redis-py retries with back-off)."""
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            log.error("cannot reach Redis at %s: %s; reconnecting with back-off", self._where_text, exc)
-
-    def _error(self, exc: Exception) -> BrokerError:
-        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
-            self._trouble(exc)
-            return BrokerError(f"cannot reach Redis at {self._where_text}: {exc}")
-        return BrokerError(f"Redis at {self._where_text} refused the operation: {exc}")
-
-    def _up(self) -> None:
-        if self._down_since is not None:
-            log.warning("Redis at %s is back after %.1fs", self._where_text, time.monotonic() - self._down_since)
-            self._down_since = None
-
     def open(self) -> None:
-        r = self._conn()
-        try:
-            r.ping()
-            # Loaded once per server: a worker opens several brokers, and compiling costs ~0.5 ms each
-            # (a cluster's nodes are each asked by redis-py's script_load itself).
-            present = [False] * len(SHAS) if self.cluster else r.script_exists(*SHAS.values())
-            for body, there in zip(SCRIPTS.values(), present):
-                if not there:
-                    r.script_load(body)
-            self._check_server(r)
-        except RedisError as exc:
-            raise self._error(exc) from None
-        self._up()
-
-    def _check_server(self, r: Any) -> None:
-        """Warn, in one line each, about Redis settings that can lose jobs (once per process and server)."""
-        if self._where_text in _CHECKED:
-            return
-        _CHECKED.add(self._where_text)
-        try:
-            config: dict[Any, Any] = {}
-            for name in ("maxmemory-policy", "appendonly", "save"):
-                got = r.config_get(name)
-                config.update({(k.decode() if isinstance(k, bytes) else k): v for k, v in got.items()})
-        except RedisError:  # CONFIG is often disabled on managed Redis
-            log.debug("cannot read the Redis configuration; durability not checked")
-            return
-        text = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in config.items()}
-        policy = text.get("maxmemory-policy", "noeviction")
-        if policy.startswith("allkeys"):
-            log.warning("Redis maxmemory-policy is %s: when memory runs out Redis evicts keys and those jobs are "
-                        "lost without a trace; set maxmemory-policy noeviction", policy)
-        aof, save = text.get("appendonly", "no"), text.get("save", "").strip()
-        if aof != "yes" and not save:
-            log.warning("Redis persistence is off (appendonly no, no save points): a Redis restart loses every "
-                        "job; set appendonly yes")
-        elif aof != "yes":
-            log.info("Redis keeps RDB snapshots only (save %s): a Redis crash loses the jobs of the last "
-                     "minutes; appendonly yes loses at most one second", save)
+        self._link.open()
 
     def close(self) -> None:
-        with self._lock:
-            if self._redis is not None and self._pid == os.getpid():
-                for link in self._links:
-                    link.disconnect()
-                self._redis.close()
-            self._redis = None
-            self._links = []
-            self._local = threading.local()
+        self._link.close()
+
 
     # -- helpers -----------------------------------------------------------------------------
     def _base(self, queue: str) -> str:
@@ -397,30 +138,10 @@ class RedisBroker(Broker):
     def _script(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any],
                 pipe_before: Sequence[tuple[Any, ...]] = ()) -> Any:
         """Run a script over ``queues`` (one slot on a cluster), after ``pipe_before`` commands sent
-        in the same round trip. Reloads the scripts when Redis lost them (a restart)."""
+        in the same round trip."""
         keys = [self._keymap(queues[0]), *(self._base(q) for q in queues)]
-        command = ("EVALSHA", SHAS[name], len(keys), *keys, self.prefix, _f(now), *queues, *args)
-        for attempt in (1, 2):
-            try:
-                if not pipe_before:
-                    return self._exec(*command)
-                pipe = self._conn().pipeline(transaction=False)
-                for before in pipe_before:
-                    pipe.execute_command(*before)
-                pipe.execute_command(*command)
-                try:
-                    reply = pipe.execute()[-1]
-                except RedisError as exc:
-                    if isinstance(exc, NoScriptError):
-                        raise
-                    raise self._error(exc) from None
-                self._up()
-                return reply
-            except NoScriptError:
-                if attempt == 2:
-                    raise BrokerError(f"Redis at {self._where_text} keeps losing the Conveyor scripts") from None
-                self._exec("SCRIPT", "LOAD", SCRIPTS[name])
-        raise AssertionError("unreachable")
+        return self._link.script(name, keys, (self.prefix, _f(now), *queues, *args), pipe_before)
+
 
     def _register(self, queues: Sequence[str]) -> list[tuple[Any, ...]]:
         """The SADD that lists new queues in <prefix>:queues (sent again now and then, in case the set
@@ -443,7 +164,7 @@ class RedisBroker(Broker):
     def _all_queues(self, fresh: bool = False) -> list[str]:
         at, known = self._queues
         if fresh or time.monotonic() - at > 5.0:
-            known = sorted(n.decode() for n in self._exec("SMEMBERS", self.prefix + ":queues"))
+            known = sorted(n.decode() for n in self._link.exec("SMEMBERS", self.prefix + ":queues"))
             self._queues = (time.monotonic(), known)
         return known
 
@@ -457,7 +178,7 @@ class RedisBroker(Broker):
             plan = [(i, q) for i, known in todo.items() for q in (known or queues)]
             if not plan:
                 break
-            replies = self._many([("HGETALL", self._base(q) + ":j:" + job_ids[i]) for i, q in plan])
+            replies = self._link.many([("HGETALL", self._base(q) + ":j:" + job_ids[i]) for i, q in plan])
             for (i, queue), h in zip(plan, map(_as_dict, replies)):
                 if h and b"state" in h and out[i] is None:
                     out[i] = (queue, h)
@@ -565,13 +286,13 @@ class RedisBroker(Broker):
                 yield (*head, *args)
 
         for attempt in (1, 2):
-            replies = self._stream(commands())[len(register):]
+            replies = self._link.stream(commands())[len(register):]
             errors = [r for r in replies if isinstance(r, ResponseError)]
             if not errors:
                 break
             if attempt == 2 or not all(isinstance(r, NoScriptError) for r in errors):
-                raise BrokerError(f"Redis at {self._where_text} refused the operation: {errors[0]}")
-            self._exec("SCRIPT", "LOAD", SCRIPTS["enqueue"])  # then all again: stored chunks stay as they are
+                raise BrokerError(f"Redis at {self._link.where} refused the operation: {errors[0]}")
+            self._link.exec("SCRIPT", "LOAD", SCRIPTS["enqueue"])  # then all again: stored chunks stay as they are
         existing: list[tuple[int, str]] = []
         for c, out in enumerate(replies):
             for k in range(0, len(out), 2):
@@ -630,7 +351,7 @@ class RedisBroker(Broker):
             return
         try:
             for group in groups:
-                if self._exec("BLPOP", *(self._base(q) + ":wake" for q in group), _f(timeout / len(groups))):
+                if self._link.exec("BLPOP", *(self._base(q) + ":wake" for q in group), _f(timeout / len(groups))):
                     break
         except BrokerError:  # logged by _error; the next fetch raises
             time.sleep(min(timeout, 1.0))
@@ -754,13 +475,13 @@ class RedisBroker(Broker):
         return bool(n)
 
     def _flags(self, commands: Sequence[tuple[Any, ...]]) -> None:
-        pipe = self._conn().pipeline(transaction=not self.cluster)
+        pipe = self._link.client().pipeline(transaction=not self.cluster)
         for command in commands:
             pipe.execute_command(*command)
         try:
             pipe.execute()
         except RedisError as exc:
-            raise self._error(exc) from None
+            raise self._link.error(exc) from None
 
     def pause(self, queue: str) -> None:
         self._flags([("SADD", self.prefix + ":paused", queue), ("SET", self._base(queue) + ":paused", "1")])
@@ -793,13 +514,13 @@ class RedisBroker(Broker):
                 if not more:
                     break
         quiet = now - max(older_than, 3600.0)  # as the other stores: forget long-silent workers
-        r = self._conn()
+        r = self._link.client()
         try:
             gone = r.zrangebyscore(self.prefix + ":seen", "-inf", f"({_f(quiet)}")
             if gone:
                 self._flags([("HDEL", self.prefix + ":workers", *gone), ("ZREM", self.prefix + ":seen", *gone)])
         except RedisError as exc:
-            raise self._error(exc) from None
+            raise self._link.error(exc) from None
         return n
 
     # -- store queries -----------------------------------------------------------------------
@@ -844,7 +565,7 @@ class RedisBroker(Broker):
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if state in TERMINAL_STATES or not state:
                 return self.get(job_id)
-            woken = left >= 0.001 and self._exec("BLPOP", self._base(queue) + ":w:" + job_id, _f(left))
+            woken = left >= 0.001 and self._link.exec("BLPOP", self._base(queue) + ":w:" + job_id, _f(left))
             if not woken:
                 self._script("watch", [queue], self.clock(), [job_id, "-1"])
             record = self.get(job_id)
@@ -885,7 +606,7 @@ class RedisBroker(Broker):
 
     def counts(self) -> dict[str, dict[str, int]]:
         queues = self._all_queues(fresh=True)
-        replies = self._many([("HGETALL", self._base(name) + ":counts") for name in queues]) if queues else []
+        replies = self._link.many([("HGETALL", self._base(name) + ":counts") for name in queues]) if queues else []
         out: dict[str, dict[str, int]] = {}
         for name, h in zip(queues, map(_as_dict, replies)):
             per = {k.decode(): int(v) for k, v in h.items() if int(v) > 0}
@@ -894,7 +615,7 @@ class RedisBroker(Broker):
         return out
 
     def paused_queues(self) -> set[str]:
-        return {n.decode() for n in self._exec("SMEMBERS", self.prefix + ":paused")}
+        return {n.decode() for n in self._link.exec("SMEMBERS", self.prefix + ":paused")}
 
     def heartbeat(self, worker: WorkerInfo) -> None:
         now = self.clock()
@@ -906,18 +627,18 @@ class RedisBroker(Broker):
         self._flags([("HDEL", self.prefix + ":workers", worker_id), ("ZREM", self.prefix + ":seen", worker_id)])
 
     def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
-        r = self._conn()
+        r = self._link.client()
         try:
             ids = r.zrangebyscore(self.prefix + ":seen", _f(self.clock() - max_age), "+inf")
             infos = r.hmget(self.prefix + ":workers", ids) if ids else []
         except RedisError as exc:
-            raise self._error(exc) from None
+            raise self._link.error(exc) from None
         return [WorkerInfo(**orjson.loads(info)) for info in infos if info]
 
     def drop(self) -> int:
         """Delete every key under this broker's prefix: all its jobs, queues and workers (tests,
         tear-down). Returns how many keys were deleted."""
-        r = self._conn()
+        r = self._link.client()
         n = 0
         try:
             for pattern in (f"{self.prefix}:*", f"{{{self.prefix}:*"):
@@ -927,14 +648,14 @@ class RedisBroker(Broker):
                 else:
                     n += sum(r.delete(*keys[i:i + 500]) for i in range(0, len(keys), 500))
         except RedisError as exc:
-            raise self._error(exc) from None
+            raise self._link.error(exc) from None
         return n
 
     # -- events ------------------------------------------------------------------------------
     def events(self, poll: float = 1.0) -> Iterator[dict[str, Any]]:
         """Every state change, as published: ``{"queue", "state", "at", "ids"}`` (``state`` is
         ``deleted`` for removed jobs). Runs until the caller stops iterating."""
-        pubsub = self._conn().pubsub(ignore_subscribe_messages=True)
+        pubsub = self._link.client().pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.prefix + ":events")
             while True:
@@ -942,6 +663,6 @@ class RedisBroker(Broker):
                 if message is not None and message.get("type") == "message":
                     yield orjson.loads(message["data"])
         except RedisError as exc:
-            raise self._error(exc) from None
+            raise self._link.error(exc) from None
         finally:
             pubsub.close()

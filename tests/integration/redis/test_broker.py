@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis_support import REDIS_URL, RedisServer, free_port, message
 
-from conftest import REDIS_URL, RedisServer, free_port, message
 from conveyor.brokers import Outcome
 from conveyor.brokers.redis import RedisBroker
 from conveyor.errors import BrokerError

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 import redis
+from redis_support import REDIS_URL, Project, RedisServer, wait_for
 
-from conftest import REDIS_URL, Project, RedisServer, wait_for
 from conveyor.errors import ConveyorError
 
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import redis
 import uuid_utils
+from redis_support import REDIS_URL, message
 
-from conftest import REDIS_URL, message
 from conveyor.brokers import Outcome
 from conveyor.brokers.redis import CHUNK, RedisBroker
 from conveyor.errors import BrokerError

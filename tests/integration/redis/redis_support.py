@@ -1,0 +1,267 @@
+"""Fault tests of the Redis broker against real servers and the real ``conveyor worker`` command.
+
+Every test gets a key prefix of its own on database 15 (never 0: the benchmark harness flushes it),
+deleted at teardown; the restart test starts a second ``redis-server`` of its own. Workers run as
+subprocesses in their own process group (SIGKILLed at teardown) from a folder holding ``tasks.py``.
+Tasks write a ledger outside Redis (one ``write(2)`` per line with ``O_APPEND``), from which the
+tests count lost, duplicated and overlapping runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+import uuid_utils
+
+from conveyor import Conveyor
+from conveyor.brokers import JobRecord, Message
+from conveyor.brokers.redis import RedisBroker
+from conveyor.testing import require_service, wait_for
+
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+TASKS = '''\
+import os
+import time
+from pathlib import Path
+
+from conveyor import Conveyor, current_job
+
+HERE = Path(__file__).resolve().parent
+app = Conveyor()  # URL from CONVEYOR_URL
+
+
+def note(text):
+    fd = os.open(HERE / "ledger.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (text + "\\n").encode())
+    finally:
+        os.close(fd)
+
+
+@app.task(name="work", retries=20, backoff=0.05)
+def work(n: int, seconds: float = 0.02) -> int:
+    job = current_job()
+    note(f"start {job.id} {job.attempt} {os.getpid()} {time.time()!r}")
+    time.sleep(seconds)
+    note(f"end {job.id} {job.attempt} {os.getpid()} {time.time()!r}")
+    return os.getpid()
+
+
+@app.task(name="noop")
+def noop(n: int = 0) -> int:
+    return n
+'''
+
+_counter = itertools.count()
+_BIN = Path(sys.executable).with_name("conveyor")
+CONVEYOR = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "conveyor.cli"]
+
+
+class Worker:
+    """A running ``conveyor worker`` (the supervisor) and its log."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc, self.log_path = proc, log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            kids = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        return [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill_group(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGCONT)  # a stopped process ignores SIGKILL until continued
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+
+
+class Project:
+    """``tasks.py`` in a folder, an app on ``url`` in this process, and workers started from there."""
+
+    def __init__(self, folder: Path, url: str) -> None:
+        self.folder, self.url = folder, url
+        (folder / "tasks.py").write_text(TASKS)
+        self.workers: list[Worker] = []
+        self.app = self._load_app()
+
+    def _load_app(self) -> Conveyor:
+        """The tasks module's app, loaded in this process under a unique module name."""
+        saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("CONVEYOR_")]}
+        os.environ["CONVEYOR_URL"] = self.url
+        try:
+            spec = importlib.util.spec_from_file_location(f"redis_it_tasks_{next(_counter)}", self.folder / "tasks.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            app: Conveyor = module.app
+            app.open()
+        finally:
+            os.environ.pop("CONVEYOR_URL", None)
+            os.environ.update(saved)
+        return app
+
+    def worker(self, *flags: str) -> Worker:
+        log = self.folder / f"worker{len(self.workers)}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        env.update(CONVEYOR_URL=self.url, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+        with log.open("wb") as out:
+            proc = subprocess.Popen([*CONVEYOR, "worker", "tasks:app", *flags], cwd=self.folder, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        worker = Worker(proc, log)
+        self.workers.append(worker)
+        return worker
+
+    def wait_consumers(self, worker: Worker, n: int, timeout: float = 20.0) -> None:
+        def up() -> bool:
+            assert worker.alive(), f"worker exited with {worker.proc.returncode}:\n{worker.log()}"
+            mine = [w for w in self.app.broker.workers() if w.supervisor and f":{worker.pid}:" in w.supervisor]
+            return len(mine) >= n
+
+        wait_for(up, timeout, f"{n} consumer(s) of worker {worker.pid} to report")
+
+    def enqueue(self, task: str, *args: object) -> str:
+        return self.app.enqueue(task, args=list(args)).id
+
+    def record(self, job_id: str) -> JobRecord:
+        record = self.app.broker.get(job_id)
+        assert record is not None, f"job {job_id} is gone"
+        return record
+
+    def ledger(self) -> list[list[str]]:
+        path = self.folder / "ledger.log"
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+    def cleanup(self) -> None:
+        for worker in self.workers:
+            worker.kill_group()
+            tail = worker.log()[-3000:]
+            if tail:  # shown by pytest when the test failed
+                print(f"--- log of worker {worker.pid} (exit {worker.proc.returncode}) ---\n{tail}")
+        self.app.close()
+
+
+def unique_url(base: str) -> tuple[str, str]:
+    prefix = f"it-{uuid_utils.uuid7().hex}"
+    return f"{base}{'&' if '?' in base else '?'}prefix={prefix}", prefix
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    """A project on database 15 of the shared Redis under a prefix of its own."""
+    require_service(REDIS_URL, "Redis")
+    url, _ = unique_url(REDIS_URL)
+    made = Project(tmp_path, url)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+        RedisBroker(url).drop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own, with AOF fsynced on every write."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        with (self.folder / "redis.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+
+        def ready() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                assert self.proc is not None and self.proc.poll() is None, "redis-server exited"
+                return False
+
+        wait_for(ready, 15.0, f"redis-server on port {self.port}")
+        client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI is set: a missing service fails the test)")
+        pytest.skip("redis-server is not installed")
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def broker() -> Iterator[RedisBroker]:
+    """An open broker under a prefix of its own on the test Redis, dropped afterwards."""
+    require_service(REDIS_URL, "Redis")
+    made = RedisBroker(unique_url(REDIS_URL)[0])
+    made.open()
+    try:
+        yield made
+    finally:
+        made.drop()
+        made.close()
+
+
+def message(queue: str = "default", **fields: Any) -> Message:
+    """A no-op message with a fresh id, for the broker-level tests."""
+    return Message(id=str(uuid_utils.uuid7()), task="t.noop", queue=queue, payload=b"{}", created_at=time.time(),
+                   **fields)
