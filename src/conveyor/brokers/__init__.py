@@ -593,7 +593,10 @@ _BUILTIN = {
     "sqlite": "conveyor.brokers.sqlite:SQLiteBroker",
     "redis": "conveyor.brokers.redis:RedisBroker",
     "rediss": "conveyor.brokers.redis:RedisBroker",
+    "redis+sentinel": "conveyor.brokers.redis:RedisBroker",
+    "rediss+sentinel": "conveyor.brokers.redis:RedisBroker",
 }
+_EXTRAS = {"rediss": "redis", "redis+sentinel": "redis", "rediss+sentinel": "redis"}  # scheme -> pip extra
 
 
 def broker_class(url: str) -> type[Broker]:
@@ -616,7 +619,7 @@ def broker_class(url: str) -> type[Broker]:
             cls = getattr(import_module(module), name)
         except ImportError as exc:
             raise BrokerError(
-                f"the {scheme!r} broker needs an extra: pip install 'conveyor[{scheme}]' ({exc})"
+                f"the {scheme!r} broker needs an extra: pip install 'conveyor[{_EXTRAS.get(scheme, scheme)}]' ({exc})"
             ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Broker)):
         raise BrokerError(f"{cls!r} registered for {scheme!r} is not a conveyor Broker")

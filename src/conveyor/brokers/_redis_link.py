@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import Redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import NEVER_DECODE
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -89,43 +89,92 @@ SCRIPTS = _load_scripts()
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
 
 
-def parse_url(url: str) -> tuple[str, dict[str, str]]:
-    """Split a ``redis://`` URL into the URL redis-py gets and Conveyor's own options."""
+SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+OURS = frozenset({"prefix", "cluster", "sentinel_password"})  # Conveyor's options, not redis-py's
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password, if any, as ``***`` (for error messages and logs)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise BrokerError(f"not a Redis URL: {url!r}")
+    auth, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in auth:
+        return url
+    return urlunsplit(parts._replace(netloc=auth.partition(":")[0] + ":***@" + hosts))
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split a Redis URL into the URL redis-py gets and Conveyor's own options (``prefix``,
+    ``cluster``, ``sentinel_password``). Raises BrokerError naming what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise BrokerError(f"not a Redis URL: {safe_url(url)!r} (schemes: {', '.join(SCHEMES)})")
     ours: dict[str, str] = {}
     theirs: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in ("prefix", "cluster"):
+        if name in OURS:
             ours[name] = value
         elif name in REDIS_OPTIONS:
             theirs.append((name, value))
         else:
-            raise BrokerError(f"unknown Redis URL option {name!r} in {url!r}")
+            raise BrokerError(f"unknown Redis URL option {name!r} in {safe_url(url)!r}")
     prefix = ours.setdefault("prefix", "conveyor")
     if not prefix or re.search(r"[{}\[\]*?\s]", prefix):
         raise BrokerError(f"Redis key prefix {prefix!r} must be non-empty, without braces, brackets, * ? or spaces")
+    if parts.scheme.endswith("+sentinel"):
+        _sentinel_parts(url)  # raises when the URL cannot be used
+        if ours.get("cluster", "").lower() in ("1", "true", "yes"):
+            raise BrokerError(f"cluster=1 cannot be used with Sentinel in {safe_url(url)!r}: "
+                              "Sentinel watches one primary")
+    elif "sentinel_password" in ours:
+        raise BrokerError(f"sentinel_password is an option of redis+sentinel:// URLs only, "
+                          f"not of {safe_url(url)!r}")
     return urlunsplit(parts._replace(query=urlencode(theirs))), ours
 
 
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
+    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/primary[/db]`` ->
+    (Sentinel addresses, primary's name, db, the ``user:password@`` part). Raises BrokerError."""
+    parts = urlsplit(url)
+    auth, _, hosts = parts.netloc.rpartition("@")
+    addresses: list[tuple[str, int]] = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "")
+        if not name or (port and not port.isdigit()):
+            raise BrokerError(f"bad Sentinel address {host!r} in {safe_url(url)!r}: expected host[:port]")
+        addresses.append((name, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise BrokerError(f"a Sentinel URL names the primary and may add a db: "
+                          f"redis+sentinel://host:26379/<primary>[/<db>], not {safe_url(url)!r}")
+    return addresses, path[0], int(path[1]) if len(path) == 2 else 0, auth + "@" if auth else ""
+
+
 class RedisLink:
-    """Commands to one Redis server (or a Redis Cluster) and their raw replies, for one broker.
+    """Commands to one Redis server (a Redis Cluster, or the primary that Sentinel names) and their
+    raw replies, for one broker.
 
     Args:
         client_url: the URL redis-py gets (Conveyor's own options removed, see ``parse_url``).
         cluster: whether the server is a Redis Cluster.
+        sentinel_password: the Sentinels' own password, for ``redis+sentinel://`` URLs.
 
     Each thread gets its own connection on first use, and a new one after ``fork()``. A lost
     connection is retried with exponential back-off, logged once per outage (and again when Redis is
     back), then reported as :class:`~conveyor.errors.BrokerError`.
     """
 
-    def __init__(self, client_url: str, cluster: bool) -> None:
+    def __init__(self, client_url: str, cluster: bool, sentinel_password: str | None = None) -> None:
         self.client_url = client_url
         self.cluster = cluster
+        self.sentinel_password = sentinel_password
         parts = urlsplit(client_url)
-        self.where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or '/0'}"
+        self.sentinel = parts.scheme.endswith("+sentinel")
+        if self.sentinel:
+            addresses, primary, db, _ = _sentinel_parts(client_url)
+            sentinels = ",".join(f"{host}:{port}" for host, port in addresses)
+            self.where = f"{primary} (primary named by Sentinel {sentinels})/{db}"
+        else:
+            self.where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or '/0'}"
         self._redis: Any = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -146,10 +195,39 @@ class RedisLink:
         }
         cls: Any = RedisCluster if self.cluster else Redis
         try:
-            self._redis = cls.from_url(self.client_url, **options)
+            if self.sentinel:
+                self._redis = self._from_sentinel(options)
+            else:
+                self._redis = cls.from_url(self.client_url, **options)
         except (RedisError, ValueError, TypeError) as exc:
-            raise BrokerError(f"bad Redis URL {self.client_url!r}: {exc}") from None
+            raise BrokerError(f"bad Redis URL {safe_url(self.client_url)!r}: {exc}") from None
         return self._redis
+
+    def _from_sentinel(self, options: dict[str, Any]) -> Any:
+        """A client of the primary that the Sentinels name, asked again on every new connection: after
+        a failover, the old primary's READONLY replies or refused connections end in a reconnect,
+        retried with back-off, to the new one."""
+        from redis.connection import parse_url as redis_options
+        from redis.sentinel import Sentinel
+
+        addresses, primary, db, auth = _sentinel_parts(self.client_url)
+        parts = urlsplit(self.client_url)
+        tls = parts.scheme.startswith("rediss")
+        # redis-py's own parsing of the options, on the equivalent URL of one server
+        one = urlunsplit(("rediss" if tls else "redis", auth + "sentinel", f"/{db}", parts.query, ""))
+        kwargs: dict[str, Any] = redis_options(one)  # type: ignore[no-untyped-call]
+        for name in ("host", "port", "connection_class"):
+            kwargs.pop(name, None)
+        kwargs = {**options, **kwargs}
+        if tls:
+            kwargs["ssl"] = True  # the Sentinel pool picks its TLS connection class from this flag
+        timeouts = ("socket_timeout", "socket_connect_timeout")
+        sentinel_kwargs = {name: kwargs[name] for name in timeouts if name in kwargs}
+        sentinel_kwargs["retry"] = Retry(NoBackoff(), 0)  # not redis-py's 3 tries 1 s apart: ours wrap it
+        if self.sentinel_password:
+            sentinel_kwargs["password"] = self.sentinel_password
+        sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(primary, redis_class=Redis, **kwargs)  # type: ignore[no-untyped-call]
 
     def exec(self, *args: Any) -> Any:
         """One command and its raw reply, on this thread's own connection (redis-py's client adds
@@ -187,8 +265,13 @@ class RedisLink:
             self.trouble(error)
             link.disconnect()
 
+        def run() -> Any:
+            if self.sentinel:  # redis-py (8.1) sends on a closed connection without asking Sentinel
+                link.connect()  # where the primary is: connect first (a no-op when connected)
+            return attempt(link)
+
         try:
-            reply = self.retry.call_with_retry(lambda: attempt(link), failed)
+            reply = self.retry.call_with_retry(run, failed)
         except NoScriptError:
             raise
         except RedisError as exc:

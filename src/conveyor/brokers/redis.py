@@ -105,7 +105,7 @@ class RedisBroker(Broker):
         client_url, options = parse_url(url)
         self.prefix = options["prefix"]
         self.cluster = options.get("cluster", "").lower() in ("1", "true", "yes")
-        self._link = RedisLink(client_url, self.cluster)
+        self._link = RedisLink(client_url, self.cluster, options.get("sentinel_password"))
         self._lock = threading.Lock()
         self._where: dict[str, str] = {}  # job id -> queue, for jobs this broker enqueued or leased
         self._queues: tuple[float, list[str]] = (0.0, [])

@@ -196,25 +196,62 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A ``redis-server`` of the test's own, with AOF fsynced on every write."""
+    """A ``redis-server`` of the test's own, with AOF fsynced on every write.
 
-    def __init__(self, folder: Path) -> None:
+    ``args`` go on its command line (``--replicaof ...``). ``tls=True`` serves TLS only, with a CA and
+    a certificate for 127.0.0.1 made by trustme (:attr:`ca` is the CA file). ``monitor=(name,
+    port)`` runs it as a Sentinel watching the primary ``name`` at ``port`` (quorum 1, down after 1 s).
+    """
+
+    def __init__(self, folder: Path, *args: str, tls: bool = False, monitor: tuple[str, int] | None = None) -> None:
         self.folder, self.port = folder, free_port()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.args, self.tls, self.monitor = list(args), tls, monitor
+        self.ca = self.folder / "ca.pem"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        if self.tls:
+            return redis.Redis(port=self.port, ssl=True, ssl_ca_certs=str(self.ca))
+        return redis.Redis(port=self.port)
+
+    def _command(self, binary: str) -> list[str]:
+        if self.monitor is not None:
+            name, primary = self.monitor
+            conf = self.folder / "sentinel.conf"  # Sentinel rewrites its file: one of its own
+            conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.folder}\n"
+                            f"sentinel monitor {name} 127.0.0.1 {primary} 1\n"
+                            f"sentinel down-after-milliseconds {name} 1000\n"
+                            f"sentinel failover-timeout {name} 10000\n")
+            return [binary, str(conf), "--sentinel"]
+        command = [binary, "--bind", "127.0.0.1", "--dir", str(self.folder), "--appendonly", "yes",
+                   "--appendfsync", "always", "--save", "", "--daemonize", "no"]
+        if not self.tls:
+            return [*command, "--port", str(self.port), *self.args]
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        ca.cert_pem.write_to_path(str(self.ca))
+        cert.private_key_pem.write_to_path(str(self.folder / "key.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(self.folder / "cert.pem"))
+        return [*command, "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                "--tls-cert-file", str(self.folder / "cert.pem"), "--tls-key-file", str(self.folder / "key.pem"),
+                "--tls-ca-cert-file", str(self.ca), *self.args]
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed"
         with (self.folder / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
+            self.proc = subprocess.Popen(self._command(binary), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        client = self.client()
 
         def ready() -> bool:
             try:
@@ -232,15 +269,18 @@ class RedisServer:
             self.proc.wait(10)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def need_redis_server() -> None:
+    """Skip without a ``redis-server`` binary to start, or fail when ``CI`` is set."""
     if shutil.which("redis-server") is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed (CI is set: a missing service fails the test)")
         pytest.skip("redis-server is not installed")
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RedisServer(folder)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    need_redis_server()
+    server = RedisServer(tmp_path / "redis")
     server.start()
     try:
         yield server
