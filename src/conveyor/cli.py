@@ -16,7 +16,7 @@ import orjson
 
 from .app import Conveyor
 from .brokers import STATES, JobRecord
-from .config import load_settings
+from .config import load_settings, redact_url
 from .errors import ConveyorError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -346,9 +346,9 @@ def config(app_spec: str | None, as_json: bool) -> None:
     """Effective settings and where each came from (flag, environment, file, default)."""
     settings = load_app(app_spec).settings if app_spec else load_settings()
     values, sources = settings.as_dict(), settings.sources()
-    values["url"] = _redact(values["url"])
+    values["url"] = redact_url(values["url"])
     if values.get("store"):
-        values["store"] = _redact(values["store"])
+        values["store"] = redact_url(values["store"])
     if as_json:
         _emit_json({k: {"value": values[k], "source": sources[k]} for k in values})
         return
@@ -358,17 +358,6 @@ def config(app_spec: str | None, as_json: bool) -> None:
     for k in values:
         table.add_row(k, _plain(repr(values[k])), _plain(sources[k]))
     _console().print(table)
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 @main.command()

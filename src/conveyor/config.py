@@ -26,6 +26,27 @@ else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 ENV_PREFIX = "CONVEYOR_"
+SECRET_WORDS = ("pass", "secret", "token", "key", "auth", "credential")  # option names whose values are hidden
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password and the values of secret-looking options (``sentinel_password=``,
+    ``token=``...) shown as ``***``: for logs, error messages and ``conveyor config``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if "://" not in url:
+        return url
+    auth, at, hosts = parts.netloc.rpartition("@")
+    netloc = auth.partition(":")[0] + ":***@" + hosts if at and ":" in auth else parts.netloc
+    pairs = []
+    for pair in parts.query.split("&") if parts.query else []:
+        name, eq, value = pair.partition("=")
+        secret = value and any(word in name.lower() for word in SECRET_WORDS)
+        pairs.append(f"{name}{eq}***" if secret else pair)
+    query = "?" + "&".join(pairs) if pairs else ""
+    fragment = "#" + parts.fragment if parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}{fragment}"
 
 
 def _cpus() -> int:

@@ -56,3 +56,24 @@ def test_sqlite_unknown_option() -> None:
 def test_sqlite_bad_option_values(url: str, words: str) -> None:
     with pytest.raises(BrokerError, match=words):
         from_url(url)
+
+
+def test_sentinel_schemes_are_the_redis_broker() -> None:
+    from conveyor.brokers.redis import RedisBroker
+
+    assert broker_class("redis+sentinel://127.0.0.1:26379/main/0") is RedisBroker
+    assert broker_class("rediss+sentinel://127.0.0.1:26379/main/0") is RedisBroker
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:hunter2@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis://app:hunter2@h1:26379,h2/main/0?sentinel_password=hunter2&prefix=x",
+     "redis://app:***@h1:26379,h2/main/0?sentinel_password=***&prefix=x"),
+    ("sqlite:///jobs.db?token=hunter2&busy_timeout=2", "sqlite:///jobs.db?token=***&busy_timeout=2"),
+    ("sqlite:///jobs.db", "sqlite:///jobs.db"),
+    ("memory://", "memory://"),
+])
+def test_redact_url_hides_passwords_and_secret_options(url: str, shown: str) -> None:
+    from conveyor.config import redact_url
+
+    assert redact_url(url) == shown

@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from ..config import redact_url
 from ..errors import BrokerError
 
 _pack: Any
@@ -93,21 +94,12 @@ SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 OURS = frozenset({"prefix", "cluster", "sentinel_password"})  # Conveyor's options, not redis-py's
 
 
-def safe_url(url: str) -> str:
-    """``url`` with its password, if any, as ``***`` (for error messages and logs)."""
-    parts = urlsplit(url)
-    auth, at, hosts = parts.netloc.rpartition("@")
-    if not at or ":" not in auth:
-        return url
-    return urlunsplit(parts._replace(netloc=auth.partition(":")[0] + ":***@" + hosts))
-
-
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
     """Split a Redis URL into the URL redis-py gets and Conveyor's own options (``prefix``,
     ``cluster``, ``sentinel_password``). Raises BrokerError naming what is wrong."""
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
-        raise BrokerError(f"not a Redis URL: {safe_url(url)!r} (schemes: {', '.join(SCHEMES)})")
+        raise BrokerError(f"not a Redis URL: {redact_url(url)!r} (schemes: {', '.join(SCHEMES)})")
     ours: dict[str, str] = {}
     theirs: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -116,18 +108,18 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
         elif name in REDIS_OPTIONS:
             theirs.append((name, value))
         else:
-            raise BrokerError(f"unknown Redis URL option {name!r} in {safe_url(url)!r}")
+            raise BrokerError(f"unknown Redis URL option {name!r} in {redact_url(url)!r}")
     prefix = ours.setdefault("prefix", "conveyor")
     if not prefix or re.search(r"[{}\[\]*?\s]", prefix):
         raise BrokerError(f"Redis key prefix {prefix!r} must be non-empty, without braces, brackets, * ? or spaces")
     if parts.scheme.endswith("+sentinel"):
         _sentinel_parts(url)  # raises when the URL cannot be used
         if ours.get("cluster", "").lower() in ("1", "true", "yes"):
-            raise BrokerError(f"cluster=1 cannot be used with Sentinel in {safe_url(url)!r}: "
+            raise BrokerError(f"cluster=1 cannot be used with Sentinel in {redact_url(url)!r}: "
                               "Sentinel watches one primary")
     elif "sentinel_password" in ours:
         raise BrokerError(f"sentinel_password is an option of redis+sentinel:// URLs only, "
-                          f"not of {safe_url(url)!r}")
+                          f"not of {redact_url(url)!r}")
     return urlunsplit(parts._replace(query=urlencode(theirs))), ours
 
 
@@ -140,12 +132,12 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
     for host in hosts.split(","):
         name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "")
         if not name or (port and not port.isdigit()):
-            raise BrokerError(f"bad Sentinel address {host!r} in {safe_url(url)!r}: expected host[:port]")
+            raise BrokerError(f"bad Sentinel address {host!r} in {redact_url(url)!r}: expected host[:port]")
         addresses.append((name, int(port or 26379)))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise BrokerError(f"a Sentinel URL names the primary and may add a db: "
-                          f"redis+sentinel://host:26379/<primary>[/<db>], not {safe_url(url)!r}")
+                          f"redis+sentinel://host:26379/<primary>[/<db>], not {redact_url(url)!r}")
     return addresses, path[0], int(path[1]) if len(path) == 2 else 0, auth + "@" if auth else ""
 
 
@@ -200,7 +192,7 @@ class RedisLink:
             else:
                 self._redis = cls.from_url(self.client_url, **options)
         except (RedisError, ValueError, TypeError) as exc:
-            raise BrokerError(f"bad Redis URL {safe_url(self.client_url)!r}: {exc}") from None
+            raise BrokerError(f"bad Redis URL {redact_url(self.client_url)!r}: {exc}") from None
         return self._redis
 
     def _from_sentinel(self, options: dict[str, Any]) -> Any:

@@ -21,6 +21,7 @@ from werkzeug.wrappers import Request, Response
 
 from ..app import Conveyor
 from ..brokers import STATES
+from ..config import SECRET_WORDS
 from ..errors import BrokerError
 from . import handlers, metrics, openapi
 from .auth import SESSION_COOKIE, Auth, Session, generate_token
@@ -45,7 +46,6 @@ COMPRESSIBLE = ("text/", "application/json", "application/problem+json", "applic
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "application/javascript; charset=utf-8",
                 ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-SECRET_WORDS = ("pass", "secret", "token", "key", "auth", "credential")
 
 # Who made a request: ("bearer", None) or ("session", Session).
 Identity: TypeAlias = "tuple[str, Session | None]"

@@ -209,6 +209,7 @@ class RedisServer:
         self.args, self.tls, self.monitor = list(args), tls, monitor
         self.ca = self.folder / "ca.pem"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False  # once it ran, a restart keeps its port (clients reconnect there)
 
     @property
     def url(self) -> str:
@@ -246,22 +247,33 @@ class RedisServer:
                 "--tls-ca-cert-file", str(self.ca), *self.args]
 
     def start(self) -> None:
+        """Start (or restart, on the same port) and wait until it answers. A first start whose port
+        was taken meanwhile (free_port() only found it free) moves to another port."""
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed"
-        with (self.folder / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen(self._command(binary), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        client = self.client()
+        for attempt in range(3):
+            log_path = self.folder / "redis.log"
+            seen = log_path.stat().st_size if log_path.exists() else 0
+            with log_path.open("ab") as log:
+                self.proc = subprocess.Popen(self._command(binary), stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
+            client = self.client()
 
-        def ready() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                assert self.proc is not None and self.proc.poll() is None, "redis-server exited"
-                return False
+            def ready(client: redis.Redis = client) -> bool:
+                try:
+                    return bool(client.ping())
+                except redis.RedisError:
+                    return self.proc is not None and self.proc.poll() is not None  # exited: stop waiting
 
-        wait_for(ready, 15.0, f"redis-server on port {self.port}")
-        client.close()
+            wait_for(ready, 15.0, f"redis-server on port {self.port}")
+            client.close()
+            if self.proc.poll() is None:
+                self.started = True
+                return
+            said = log_path.read_bytes()[seen:].decode(errors="replace")
+            if self.started or attempt == 2 or "Address already in use" not in said:
+                raise AssertionError(f"redis-server on port {self.port} exited:\n{said[-2000:]}")
+            self.port = free_port()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

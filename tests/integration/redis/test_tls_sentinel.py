@@ -129,6 +129,7 @@ def test_sentinel_broker_leases_and_acks_after_a_failover(tmp_path: Path, server
     ("redis+sentinel://127.0.0.1/main?cluster=1", "cluster=1 cannot be used with Sentinel"),
     ("redis://127.0.0.1/0?sentinel_password=x", "redis\\+sentinel:// URLs only"),
     ("redis://:hunter2@127.0.0.1/0?sentinal=1", "unknown Redis URL option 'sentinal' in 'redis://:\\*\\*\\*@"),
+    ("redis+sentinel://127.0.0.1/main?sentinel_password=hunter2&bogus=1", "unknown Redis URL option 'bogus'"),
 ])
 def test_a_bad_sentinel_url_is_refused_with_its_reason(url: str, reason: str) -> None:
     with pytest.raises(BrokerError, match=reason) as caught:
