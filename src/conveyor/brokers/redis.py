@@ -34,6 +34,7 @@ from ._redis_link import SCRIPTS, SHAS, RedisLink, parse_url
 log = logging.getLogger(__name__)
 
 OUTCOME_STATES = frozenset({"succeeded", "failed", "cancelled", "scheduled", "queued"})
+LAYOUT = "1"  # the key layout of docs/brokers/redis.md; stored in <prefix>:layout at open()
 BATCH = 1000  # jobs per purge / prune / recover script call, so no call blocks Redis for long
 INDEX_CALLS = 100  # recover calls at most that one recover() makes to index new ids (BATCH each)
 SCAN_BUDGET = 10_000  # index entries list_jobs examines per queue and page when filtering
@@ -114,7 +115,16 @@ class RedisBroker(Broker):
 
     # -- connection --------------------------------------------------------------------------
     def open(self) -> None:
+        """Connect, load the scripts, check the server's durability settings and the key layout: a
+        prefix written by a Conveyor with another layout is refused, not read wrongly."""
         self._link.open()
+        key = self.prefix + ":layout"
+        found = self._link.many([("SET", key, LAYOUT, "NX"), ("GET", key)])[-1]
+        if found != LAYOUT.encode():
+            layout = found.decode(errors="replace") if found else "(none)"
+            raise BrokerError(f"Redis at {self._link.where} holds Conveyor data of key layout {layout} under prefix "
+                              f"{self.prefix!r}; this Conveyor reads layout {LAYOUT}: finish those jobs with the "
+                              f"Conveyor that wrote them, or use another prefix")
 
     def close(self) -> None:
         self._link.close()

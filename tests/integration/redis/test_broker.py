@@ -13,7 +13,7 @@ import redis
 from redis_support import REDIS_URL, RedisServer, free_port, message
 
 from conveyor.brokers import Outcome
-from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.redis import LAYOUT, RedisBroker
 from conveyor.errors import BrokerError
 
 
@@ -44,8 +44,11 @@ def test_every_state_change_is_published(broker: RedisBroker) -> None:
     assert all(isinstance(e["at"], float) for e in seen)
 
 
-def test_an_idle_consumer_blocks_and_wakes_at_once_on_enqueue(broker: RedisBroker) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
+def test_an_idle_consumer_blocks_and_wakes_at_once_on_enqueue(redis_server: RedisServer) -> None:
+    # a server of its own: its command counts are this test's alone
+    broker = RedisBroker(redis_server.url)
+    broker.open()
+    client = redis_server.client()
     assert broker.fetch(["default"], 10, 30, "c1") == []
     woke: list[float] = []
 
@@ -66,6 +69,7 @@ def test_an_idle_consumer_blocks_and_wakes_at_once_on_enqueue(broker: RedisBroke
     assert woke and woke[0] - enqueued < 0.5
     assert client_calls <= 2, f"{client_calls} BLPOPs for one wait: polling, not blocking"
     assert len(broker.fetch(["default"], 10, 30, "c1")) == 1
+    broker.close()
 
 
 def test_a_scheduled_job_wakes_a_waiting_consumer_when_due(broker: RedisBroker) -> None:
@@ -113,3 +117,17 @@ def test_an_unreachable_server_is_a_clear_broker_error(caplog: pytest.LogCapture
 def test_bad_urls_are_refused(url: str) -> None:
     with pytest.raises(BrokerError):
         RedisBroker(url)
+
+
+def test_the_key_layout_version_is_written_once_and_a_different_one_is_refused(broker: RedisBroker) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    key = broker.prefix + ":layout"
+    assert client.get(key) == LAYOUT.encode()  # written by open()
+    client.set(key, "99")  # as a later Conveyor with another layout would have left it
+    other = RedisBroker(broker.url)
+    with pytest.raises(BrokerError, match=f"holds Conveyor data of key layout 99 under prefix {broker.prefix!r}.*"
+                                          f"reads layout {LAYOUT}"):
+        other.open()
+    other.close()
+    client.set(key, LAYOUT)
+    client.close()
