@@ -112,8 +112,7 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     prefix = ours.setdefault("prefix", "conveyor")
     if not prefix or re.search(r"[{}\[\]*?\s]", prefix):
         raise BrokerError(f"Redis key prefix {prefix!r} must be non-empty, without braces, brackets, * ? or spaces")
-    if parts.scheme.endswith("+sentinel"):
-        _sentinel_parts(url)  # raises when the URL cannot be used
+    if parts.scheme.endswith("+sentinel"):  # the rest of such a URL is read by RedisLink
         if ours.get("cluster", "").lower() in ("1", "true", "yes"):
             raise BrokerError(f"cluster=1 cannot be used with Sentinel in {redact_url(url)!r}: "
                               "Sentinel watches one primary")
@@ -161,8 +160,9 @@ class RedisLink:
         self.sentinel_password = sentinel_password
         parts = urlsplit(client_url)
         self.sentinel = parts.scheme.endswith("+sentinel")
-        if self.sentinel:
-            addresses, primary, db, _ = _sentinel_parts(client_url)
+        self._sentinel = _sentinel_parts(client_url) if self.sentinel else None  # raises on a bad URL
+        if self._sentinel is not None:
+            addresses, primary, db, _ = self._sentinel
             sentinels = ",".join(f"{host}:{port}" for host, port in addresses)
             self.where = f"{primary} (primary named by Sentinel {sentinels})/{db}"
         else:
@@ -202,7 +202,8 @@ class RedisLink:
         from redis.connection import parse_url as redis_options
         from redis.sentinel import Sentinel
 
-        addresses, primary, db, auth = _sentinel_parts(self.client_url)
+        assert self._sentinel is not None
+        addresses, primary, db, auth = self._sentinel
         parts = urlsplit(self.client_url)
         tls = parts.scheme.startswith("rediss")
         # redis-py's own parsing of the options, on the equivalent URL of one server
