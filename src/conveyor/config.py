@@ -32,11 +32,15 @@ SECRET_WORDS = ("pass", "secret", "token", "key", "auth", "credential")  # optio
 def redact_url(url: str) -> str:
     """``url`` with its password and the values of secret-looking options (``sentinel_password=``,
     ``token=``...) shown as ``***``: for logs, error messages and ``conveyor config``."""
+    import re
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
     if "://" not in url:
         return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable (a broken IPv6 host...): hide what could be a password anyway
+        return re.sub(r"^([^:]+://[^:/@]*:)[^@]*@", r"\1***@", url)
     auth, at, hosts = parts.netloc.rpartition("@")
     netloc = auth.partition(":")[0] + ":***@" + hosts if at and ":" in auth else parts.netloc
     pairs = []

@@ -72,8 +72,16 @@ def test_sentinel_schemes_are_the_redis_broker() -> None:
     ("sqlite:///jobs.db?token=hunter2&busy_timeout=2", "sqlite:///jobs.db?token=***&busy_timeout=2"),
     ("sqlite:///jobs.db", "sqlite:///jobs.db"),
     ("memory://", "memory://"),
+    ("redis://:hunter2@[::1/0", "redis://:***@[::1/0"),  # unparseable, still hidden
 ])
 def test_redact_url_hides_passwords_and_secret_options(url: str, shown: str) -> None:
     from conveyor.config import redact_url
 
     assert redact_url(url) == shown
+
+
+def test_sentinel_addresses_may_be_ipv6_and_default_to_port_26379() -> None:
+    from conveyor.brokers._redis_link import _sentinel_parts
+
+    assert _sentinel_parts("redis+sentinel://:pw@[::1]:26380,h2,10.0.0.1:7/main/2") == (
+        [("::1", 26380), ("h2", 26379), ("10.0.0.1", 7)], "main", 2, ":pw@")

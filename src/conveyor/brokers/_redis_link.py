@@ -97,7 +97,12 @@ OURS = frozenset({"prefix", "cluster", "sentinel_password"})  # Conveyor's optio
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
     """Split a Redis URL into the URL redis-py gets and Conveyor's own options (``prefix``,
     ``cluster``, ``sentinel_password``). Raises BrokerError naming what is wrong."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        if not parts.scheme.endswith("+sentinel"):
+            _ = parts.port  # raises on a port that is not a number in range
+    except ValueError as exc:
+        raise BrokerError(f"bad Redis URL {redact_url(url)!r}: {exc}") from None
     if parts.scheme not in SCHEMES:
         raise BrokerError(f"not a Redis URL: {redact_url(url)!r} (schemes: {', '.join(SCHEMES)})")
     ours: dict[str, str] = {}
@@ -129,10 +134,11 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
     auth, _, hosts = parts.netloc.rpartition("@")
     addresses: list[tuple[str, int]] = []
     for host in hosts.split(","):
-        name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "")
-        if not name or (port and not port.isdigit()):
-            raise BrokerError(f"bad Sentinel address {host!r} in {redact_url(url)!r}: expected host[:port]")
-        addresses.append((name, int(port or 26379)))
+        found = re.fullmatch(r"\s*(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]\s]+))(?::(\d+))?\s*", host)
+        if not found:
+            raise BrokerError(f"bad Sentinel address {host!r} in {redact_url(url)!r}: expected host[:port] "
+                              f"or [IPv6][:port]")
+        addresses.append((found[1] or found[2], int(found[3] or 26379)))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise BrokerError(f"a Sentinel URL names the primary and may add a db: "

@@ -113,7 +113,9 @@ def test_an_unreachable_server_is_a_clear_broker_error(caplog: pytest.LogCapture
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/15?nonsense=1", "redis://127.0.0.1:6379/15?prefix=a{b}",
-                                 "redis://127.0.0.1:6379/15?prefix=", "http://127.0.0.1:6379/15"])
+                                 "redis://127.0.0.1:6379/15?prefix=", "http://127.0.0.1:6379/15",
+                                 "redis://127.0.0.1:port/0", "redis://127.0.0.1:99999/0", "redis://[::1/0",
+                                 "redis+sentinel://[::1/main"])
 def test_bad_urls_are_refused(url: str) -> None:
     with pytest.raises(BrokerError):
         RedisBroker(url)
