@@ -23,7 +23,7 @@ def send_receipt(order_id: int, email: str) -> str:
 @app.task(retries=3)
 def publish_page(slug: str) -> str:
     """Render a catalogue page; enqueued with a unique key, so a burst of edits renders it once."""
-    time.sleep(0.05)
+    time.sleep(0.2)
     return f"/catalogue/{slug}.html"
 
 

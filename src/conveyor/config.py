@@ -39,8 +39,13 @@ def redact_url(url: str) -> str:
         return url
     try:
         parts = urlsplit(url)
-    except ValueError:  # unparseable (a broken IPv6 host...): hide what could be a password anyway
-        return re.sub(r"^([^:]+://[^:/@]*:)[^@]*@", r"\1***@", url)
+    except ValueError:  # unparseable (a broken IPv6 host...)
+        parts = None
+    if parts is None or "@" not in parts.netloc:
+        # a password with an unencoded / ? or # ends urllib's netloc early: hide up to the next @
+        masked = re.sub(r"^([^:/?#]+://[^:/@?#]*:)(?!\d+(?:[/?#]|$))[^@]*@", r"\1***@", url)  # not a port
+        if masked != url or parts is None:
+            return masked
     auth, at, hosts = parts.netloc.rpartition("@")
     netloc = auth.partition(":")[0] + ":***@" + hosts if at and ":" in auth else parts.netloc
     pairs = []

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any, ClassVar, Literal
 
+from ..config import redact_url
 from ..errors import BrokerError
 
 __all__ = [
@@ -603,7 +604,7 @@ def broker_class(url: str) -> type[Broker]:
     """The broker class for ``url``'s scheme: built-in, else from the entry-point group."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if not scheme:
-        raise BrokerError(f"broker URL {url!r} has no scheme; expected e.g. sqlite:///conveyor.db")
+        raise BrokerError(f"broker URL {redact_url(url)!r} has no scheme; expected e.g. sqlite:///conveyor.db")
     target = _BUILTIN.get(scheme)
     if target is None:
         from importlib.metadata import entry_points  # ~35 ms to import: only for third-party schemes
@@ -611,7 +612,7 @@ def broker_class(url: str) -> type[Broker]:
         found = [ep for ep in entry_points(group="conveyor.brokers") if ep.name == scheme]
         if not found:
             known = ", ".join(sorted(_BUILTIN))
-            raise BrokerError(f"no broker for scheme {scheme!r} in {url!r} (known: {known})")
+            raise BrokerError(f"no broker for scheme {scheme!r} in {redact_url(url)!r} (known: {known})")
         cls = found[0].load()
     else:
         module, _, name = target.partition(":")

@@ -101,8 +101,9 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
         parts = urlsplit(url)
         if not parts.scheme.endswith("+sentinel"):
             _ = parts.port  # raises on a port that is not a number in range
-    except ValueError as exc:
-        raise BrokerError(f"bad Redis URL {redact_url(url)!r}: {exc}") from None
+    except ValueError:  # not quoted: what urllib read as a port may be part of a password
+        raise BrokerError(f"bad Redis URL {redact_url(url)!r}: expected [[user]:password@]host[:port][/db], with "
+                          f"/ ? # @ in a password percent-encoded") from None
     if parts.scheme not in SCHEMES:
         raise BrokerError(f"not a Redis URL: {redact_url(url)!r} (schemes: {', '.join(SCHEMES)})")
     ours: dict[str, str] = {}
@@ -114,6 +115,11 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
             theirs.append((name, value))
         else:
             raise BrokerError(f"unknown Redis URL option {name!r} in {redact_url(url)!r}")
+    if not parts.scheme.startswith("rediss"):
+        tls_only = sorted(name for name, _ in theirs if name.startswith("ssl_"))
+        if tls_only:
+            raise BrokerError(f"{', '.join(tls_only)} need TLS: use rediss:// (or rediss+sentinel://), "
+                              f"not {redact_url(url)!r}")
     prefix = ours.setdefault("prefix", "conveyor")
     if not prefix or re.search(r"[{}\[\]*?\s]", prefix):
         raise BrokerError(f"Redis key prefix {prefix!r} must be non-empty, without braces, brackets, * ? or spaces")
@@ -138,7 +144,10 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
         if not found:
             raise BrokerError(f"bad Sentinel address {host!r} in {redact_url(url)!r}: expected host[:port] "
                               f"or [IPv6][:port]")
-        addresses.append((found[1] or found[2], int(found[3] or 26379)))
+        port = int(found[3] or 26379)
+        if not 0 < port < 65536:
+            raise BrokerError(f"bad Sentinel port {port} in {redact_url(url)!r}")
+        addresses.append((found[1] or found[2], port))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise BrokerError(f"a Sentinel URL names the primary and may add a db: "
@@ -256,6 +265,7 @@ class RedisLink:
         link = getattr(self._local, "link", None)
         if link is None or self._local.pid != os.getpid():
             link = self.client().connection_pool.make_connection()
+            link.retry = Retry(NoBackoff(), 0)  # connecting is retried below, not also inside each try
             self._local.link, self._local.pid = link, os.getpid()
             with self._lock:
                 self._links.append(link)
@@ -265,9 +275,15 @@ class RedisLink:
             link.disconnect()
 
         def run() -> Any:
-            if self.sentinel:  # redis-py (8.1) sends on a closed connection without asking Sentinel
-                link.connect()  # where the primary is: connect first (a no-op when connected)
-            return attempt(link)
+            if not self.sentinel:
+                return attempt(link)
+            link.connect()  # redis-py (8.1) sends on a closed connection without asking Sentinel: connect first
+            try:
+                return attempt(link)
+            except ResponseError as exc:  # a demoted primary; before Redis 7 wrapped in a script error
+                if "READONLY" not in str(exc) or isinstance(exc, NoScriptError):
+                    raise
+                raise RedisConnectionError(f"the primary became a replica: {exc}") from None
 
         try:
             reply = self.retry.call_with_retry(run, failed)
@@ -309,17 +325,27 @@ class RedisLink:
 
         return list(self.on_link(attempt))
 
-    def many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Raw replies of several commands in one round trip (pipelined)."""
-        if len(commands) == 1:
+    def many(self, commands: Sequence[tuple[Any, ...]], *, atomic: bool = False) -> list[Any]:
+        """Raw replies of several commands in one round trip, on this thread's link (so a lost
+        connection, or a Sentinel failover, is handled as in ``exec``); a command Redis refuses
+        raises BrokerError. ``atomic``: as one MULTI/EXEC transaction (not on a cluster, where the
+        keys may live on several nodes); the replies are then EXEC's."""
+        if self.cluster:
+            pipe = self.client().pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command, **{NEVER_DECODE: True})
+            try:
+                return list(pipe.execute())
+            except RedisError as exc:
+                raise self.error(exc) from None
+        if len(commands) == 1 and not atomic:
             return [self.exec(*commands[0])]
-        pipe = self.client().pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command, **{NEVER_DECODE: True})
-        try:
-            return list(pipe.execute())
-        except RedisError as exc:
-            raise self.error(exc) from None
+        sent = [("MULTI",), *commands, ("EXEC",)] if atomic else list(commands)
+        replies = self.stream(iter(sent))
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise self.error(reply)
+        return list(replies[-1]) if atomic else replies
 
     def trouble(self, exc: Exception) -> None:
         """Say once per outage that Redis cannot be reached (then redis-py retries with back-off)."""
@@ -398,9 +424,17 @@ class RedisLink:
             try:
                 if not pipe_before:
                     return self.exec(*command)
+                if not self.cluster:  # on this thread's link, as exec
+                    *before, reply = self.stream(iter([*pipe_before, command]))
+                    for refused in (*before, reply):
+                        if isinstance(refused, NoScriptError):
+                            raise refused
+                        if isinstance(refused, ResponseError):
+                            raise self.error(refused)
+                    return reply
                 pipe = self.client().pipeline(transaction=False)
-                for before in pipe_before:
-                    pipe.execute_command(*before)
+                for command_before in pipe_before:
+                    pipe.execute_command(*command_before)
                 pipe.execute_command(*command)
                 try:
                     reply = pipe.execute()[-1]

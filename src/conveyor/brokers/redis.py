@@ -119,7 +119,14 @@ class RedisBroker(Broker):
         prefix written by a Conveyor with another layout is refused, not read wrongly."""
         self._link.open()
         key = self.prefix + ":layout"
-        found = self._link.many([("SET", key, LAYOUT, "NX"), ("GET", key)])[-1]
+        found = self._link.exec("GET", key)
+        if found is None:  # a new prefix (or one of before the layout had a number: the same layout)
+            try:
+                self._link.exec("SET", key, LAYOUT, "NX")
+            except BrokerError as exc:
+                if "no permissions" not in str(exc):  # a user who may only read (NOPERM): nothing to write
+                    raise
+            found = self._link.exec("GET", key) or LAYOUT.encode()
         if found != LAYOUT.encode():
             layout = found.decode(errors="replace") if found else "(none)"
             raise BrokerError(f"Redis at {self._link.where} holds Conveyor data of key layout {layout} under prefix "
@@ -485,13 +492,7 @@ class RedisBroker(Broker):
         return bool(n)
 
     def _flags(self, commands: Sequence[tuple[Any, ...]]) -> None:
-        pipe = self._link.client().pipeline(transaction=not self.cluster)
-        for command in commands:
-            pipe.execute_command(*command)
-        try:
-            pipe.execute()
-        except RedisError as exc:
-            raise self._link.error(exc) from None
+        self._link.many(commands, atomic=True)
 
     def pause(self, queue: str) -> None:
         self._flags([("SADD", self.prefix + ":paused", queue), ("SET", self._base(queue) + ":paused", "1")])

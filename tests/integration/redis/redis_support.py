@@ -260,8 +260,8 @@ class RedisServer:
             client = self.client()
 
             def ready(client: redis.Redis = client) -> bool:
-                try:
-                    return bool(client.ping())
+                try:  # ours answering, not a server of another test that holds the port
+                    return bool(self.proc is not None and client.info("server")["process_id"] == self.proc.pid)
                 except redis.RedisError:
                     return self.proc is not None and self.proc.poll() is not None  # exited: stop waiting
 
@@ -293,8 +293,8 @@ def need_redis_server() -> None:
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     need_redis_server()
     server = RedisServer(tmp_path / "redis")
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.kill()

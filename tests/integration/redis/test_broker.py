@@ -133,3 +133,15 @@ def test_the_key_layout_version_is_written_once_and_a_different_one_is_refused(b
     other.close()
     client.set(key, LAYOUT)
     client.close()
+
+
+def test_a_user_who_may_only_read_can_open_a_new_prefix(redis_server: RedisServer) -> None:
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "reader", "on", ">secret", "~*", "&*", "+@read", "+@connection",
+                          "+script|exists", "+script|load", "+config|get")
+    broker = RedisBroker(f"redis://reader:secret@127.0.0.1:{redis_server.port}/0?prefix=ro")
+    broker.open()  # the layout cannot be written: it is not required to read
+    assert broker.counts() == {}
+    broker.close()
+    assert admin.get("ro:layout") is None
+    admin.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,11 @@ def test_the_redis_shop_example_runs_as_documented() -> None:
         ]
     finally:
         worker.terminate()
-        log = worker.communicate(timeout=60)[0].decode(errors="replace")
+        try:
+            log = worker.communicate(timeout=60)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            log = worker.communicate()[0].decode(errors="replace")
         RedisBroker(url).drop()
     assert worker.returncode == 0, log
     assert "queues default,mail,media" in log, log

@@ -117,7 +117,7 @@ def test_sentinel_broker_leases_and_acks_after_a_failover(tmp_path: Path, server
             True] * 5
         rest = broker.fetch(["default"], 10, 30, "c1")
         assert sorted(lease.job_id for lease in rest) == sorted(m.id for m in messages[5:])
-        assert broker.counts()["default"]["succeeded"] == 5
+        wait_for(lambda: broker.counts()["default"]["succeeded"] == 5, 10.0, "5 succeeded on the new primary")
     finally:
         broker.close()
 
