@@ -73,6 +73,8 @@ def test_sentinel_schemes_are_the_redis_broker() -> None:
     ("sqlite:///jobs.db", "sqlite:///jobs.db"),
     ("memory://", "memory://"),
     ("redis://:hunter2@[::1/0", "redis://:***@[::1/0"),  # unparseable, still hidden
+    ("redis://:ab/cd==@h:6379/0", "redis://:***@h:6379/0"),  # an unencoded / in the password
+    ("redis://h:6379/0?client_name=a@b", "redis://h:6379/0?client_name=a@b"),  # no password: unchanged
 ])
 def test_redact_url_hides_passwords_and_secret_options(url: str, shown: str) -> None:
     from conveyor.config import redact_url

@@ -347,16 +347,22 @@ class RedisLink:
                 raise self.error(reply)
         return list(replies[-1]) if atomic else replies
 
+    def _why(self, exc: Exception) -> str:
+        """What went wrong, in a line (redis-py's "no master found" carries the repr of every client)."""
+        if self.sentinel and type(exc).__name__ == "MasterNotFoundError":
+            return "no Sentinel answered with this primary (are they running, and is the name right?)"
+        return str(exc)
+
     def trouble(self, exc: Exception) -> None:
         """Say once per outage that Redis cannot be reached (then redis-py retries with back-off)."""
         if self.down_since is None:
             self.down_since = time.monotonic()
-            log.error("cannot reach Redis at %s: %s; reconnecting with back-off", self.where, exc)
+            log.error("cannot reach Redis at %s: %s; reconnecting with back-off", self.where, self._why(exc))
 
     def error(self, exc: Exception) -> BrokerError:
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
             self.trouble(exc)
-            return BrokerError(f"cannot reach Redis at {self.where}: {exc}")
+            return BrokerError(f"cannot reach Redis at {self.where}: {self._why(exc)}")
         return BrokerError(f"Redis at {self.where} refused the operation: {exc}")
 
     def up(self) -> None:

@@ -115,10 +115,12 @@ def test_an_unreachable_server_is_a_clear_broker_error(caplog: pytest.LogCapture
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/15?nonsense=1", "redis://127.0.0.1:6379/15?prefix=a{b}",
                                  "redis://127.0.0.1:6379/15?prefix=", "http://127.0.0.1:6379/15",
                                  "redis://127.0.0.1:port/0", "redis://127.0.0.1:99999/0", "redis://[::1/0",
-                                 "redis+sentinel://[::1/main"])
+                                 "redis+sentinel://[::1/main", "redis://127.0.0.1/0?ssl_ca_certs=/ca.pem",
+                                 "redis+sentinel://127.0.0.1:99999/main", "redis://:ab/cd@127.0.0.1:6379/0"])
 def test_bad_urls_are_refused(url: str) -> None:
-    with pytest.raises(BrokerError):
+    with pytest.raises(BrokerError) as refused:
         RedisBroker(url)
+    assert "cd@" not in str(refused.value)  # no part of a password
 
 
 def test_the_key_layout_version_is_written_once_and_a_different_one_is_refused(broker: RedisBroker) -> None:
