@@ -203,31 +203,48 @@ class RedisServer:
     port)`` runs it as a Sentinel watching the primary ``name`` at ``port`` (quorum 1, down after 1 s).
     """
 
-    def __init__(self, folder: Path, *args: str, tls: bool = False, monitor: tuple[str, int] | None = None) -> None:
+    def __init__(self, folder: Path, *args: str, tls: bool = False, monitor: tuple[str, int] | None = None,
+                 ca: Any = None) -> None:
         self.folder, self.port = folder, free_port()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.args, self.tls, self.monitor = list(args), tls, monitor
+        self.authority = ca  # a trustme.CA shared by servers that must trust each other (else their own)
         self.ca = self.folder / "ca.pem"
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = False  # once it ran, a restart keeps its port (clients reconnect there)
 
     @property
     def url(self) -> str:
-        if self.tls:
+        if self.tls and self.monitor is None:
             return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        if self.tls:
+        if self.tls and self.monitor is None:
             return redis.Redis(port=self.port, ssl=True, ssl_ca_certs=str(self.ca))
         return redis.Redis(port=self.port)
 
+    def _tls_files(self) -> list[str]:
+        """Write the CA, a certificate for 127.0.0.1 and its key; their redis-server options."""
+        import trustme
+
+        if self.authority is None:
+            self.authority = trustme.CA()
+        cert = self.authority.issue_cert("127.0.0.1", "localhost")
+        self.authority.cert_pem.write_to_path(str(self.ca))
+        cert.private_key_pem.write_to_path(str(self.folder / "key.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(self.folder / "cert.pem"))
+        return ["tls-cert-file", str(self.folder / "cert.pem"), "tls-key-file", str(self.folder / "key.pem"),
+                "tls-ca-cert-file", str(self.ca), "tls-auth-clients", "no", "tls-replication", "yes"]
+
     def _command(self, binary: str) -> list[str]:
-        if self.monitor is not None:
+        if self.monitor is not None:  # with tls: listens in clear text, talks TLS to the servers it watches
             name, primary = self.monitor
             conf = self.folder / "sentinel.conf"  # Sentinel rewrites its file: one of its own
+            tls = self._tls_files() if self.tls else []
             conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.folder}\n"
-                            f"sentinel monitor {name} 127.0.0.1 {primary} 1\n"
+                            + "".join(f"{tls[i]} {tls[i + 1]}\n" for i in range(0, len(tls), 2))
+                            + f"sentinel monitor {name} 127.0.0.1 {primary} 1\n"
                             f"sentinel down-after-milliseconds {name} 1000\n"
                             f"sentinel failover-timeout {name} 10000\n")
             return [binary, str(conf), "--sentinel"]
@@ -235,16 +252,9 @@ class RedisServer:
                    "--appendfsync", "always", "--save", "", "--daemonize", "no"]
         if not self.tls:
             return [*command, "--port", str(self.port), *self.args]
-        import trustme
-
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1", "localhost")
-        ca.cert_pem.write_to_path(str(self.ca))
-        cert.private_key_pem.write_to_path(str(self.folder / "key.pem"))
-        cert.cert_chain_pems[0].write_to_path(str(self.folder / "cert.pem"))
-        return [*command, "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
-                "--tls-cert-file", str(self.folder / "cert.pem"), "--tls-key-file", str(self.folder / "key.pem"),
-                "--tls-ca-cert-file", str(self.ca), *self.args]
+        tls = self._tls_files()
+        return [*command, "--port", "0", "--tls-port", str(self.port), *(f"--{o}" if i % 2 == 0 else o
+                                                                          for i, o in enumerate(tls)), *self.args]
 
     def start(self) -> None:
         """Start (or restart, on the same port) and wait until it answers. A first start whose port

@@ -122,6 +122,28 @@ def test_sentinel_broker_leases_and_acks_after_a_failover(tmp_path: Path, server
         broker.close()
 
 
+def test_rediss_sentinel_reaches_a_tls_primary(tmp_path: Path, servers: list[RedisServer]) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    primary = run(servers, RedisServer(tmp_path / "primary", tls=True, ca=ca))
+    replica = run(servers, RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port),
+                                       tls=True, ca=ca))
+    sentinel = run(servers, RedisServer(tmp_path / "sentinel", tls=True, ca=ca, monitor=("main", primary.port)))
+    watch = sentinel.client()
+    wait_for(lambda: in_sync(watch, replica), 30.0, "Sentinel to see the replica in sync over TLS")
+    broker = RedisBroker(f"rediss+sentinel://127.0.0.1:{sentinel.port}/main/0?prefix=ha&ssl_ca_certs={primary.ca}")
+    broker.open()
+    try:
+        m = message()
+        broker.enqueue([m])
+        (lease,) = broker.fetch(["default"], 1, 30, "c1")
+        assert broker.ack([Outcome(m.id, lease.token, "succeeded", result=b"1")]) == [True]
+        assert primary.client().hget(f"{{ha:default}}:j:{m.id}", "state") == b"succeeded"  # on the TLS primary
+    finally:
+        broker.close()
+
+
 @pytest.mark.parametrize(("url", "reason"), [
     ("redis+sentinel://127.0.0.1:26379", "names the primary"),
     ("redis+sentinel://127.0.0.1:26379/main/zero", "names the primary"),
