@@ -155,6 +155,13 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
     return addresses, path[0], int(path[1]) if len(path) == 2 else 0, auth + "@" if auth else ""
 
 
+def _demoted(exc: ResponseError) -> None:
+    """Under Sentinel, READONLY means the primary was demoted (before Redis 7 the word comes wrapped
+    in a script error): a lost connection, so that the retry asks Sentinel for the new primary."""
+    if "READONLY" in str(exc) and not isinstance(exc, NoScriptError):
+        raise RedisConnectionError(f"the primary became a replica: {exc}") from None
+
+
 class RedisLink:
     """Commands to one Redis server (a Redis Cluster, or the primary that Sentinel names) and their
     raw replies, for one broker.
@@ -279,11 +286,14 @@ class RedisLink:
                 return attempt(link)
             link.connect()  # redis-py (8.1) sends on a closed connection without asking Sentinel: connect first
             try:
-                return attempt(link)
-            except ResponseError as exc:  # a demoted primary; before Redis 7 wrapped in a script error
-                if "READONLY" not in str(exc) or isinstance(exc, NoScriptError):
-                    raise
-                raise RedisConnectionError(f"the primary became a replica: {exc}") from None
+                reply = attempt(link)
+            except ResponseError as exc:
+                _demoted(exc)
+                raise
+            for value in reply if isinstance(reply, list) else ():  # stream() keeps refusals as replies
+                if isinstance(value, ResponseError):
+                    _demoted(value)
+            return reply
 
         try:
             reply = self.retry.call_with_retry(run, failed)
