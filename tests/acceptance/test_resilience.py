@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -49,9 +50,13 @@ def test_no_job_is_lost_when_a_pool_process_is_killed_during_a_drain(project: Pr
     seen = project.lines("ledger.log")
     assert ids - set(seen) == set(), "jobs lost"
     assert set(seen) <= ids
+    # The killed process held leases and they were delivered again (all 200 succeeded, none lost).
+    # Only the job it was executing counts as an attempt: killed between two jobs, it held none.
+    log = worker.wait_log("killed by signal 9")
+    handed_back = re.search(r"died \(killed by signal 9\); (\d+) job\(s\) handed back", log)
+    assert handed_back and int(handed_back[1]) >= 1, "the killed process held no leases"
     rerun = [r for r in (project.app.broker.get(i) for i in ids) if r and r.attempts > 1]
-    assert rerun, "the killed process held leases: its jobs must have been delivered again"
-    worker.wait_log("killed by signal 9")
+    assert len(rerun) <= 1, "only the job being executed counts the lost delivery"
     assert victim.pid not in [c.pid for c in worker.children()]
     assert len(worker.children()) == 2
 
