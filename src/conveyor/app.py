@@ -119,7 +119,7 @@ class Conveyor:
         try:
             return self.tasks[name]
         except KeyError:
-            raise UnknownTask(name) from None
+            raise UnknownTask(name, self.tasks) from None
 
     @property
     def queues(self) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -20,9 +22,23 @@ class BrokerError(ConveyorError):
 class UnknownTask(ConveyorError, LookupError):
     """No task is registered under the given name."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"unknown task {name!r}: no task is registered under that name")
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
         self.name = name
+        self.known = sorted(known)
+        message = f"unknown task {name!r}: no task is registered under that name"
+        close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.6)
+        if not close:  # a module path the caller got wrong: compare the function names alone
+            tails = {k.rsplit(".", 1)[-1]: k for k in self.known}
+            close = [tails[t] for t in difflib.get_close_matches(name.rsplit(".", 1)[-1], list(tails), n=1)]
+        self.suggestion: str | None = close[0] if close else None
+        if self.suggestion:
+            message += f"; did you mean {self.suggestion!r}?"
+        if self.known:
+            shown = ", ".join(self.known[:20]) + (f" and {len(self.known) - 20} more" if len(self.known) > 20 else "")
+            message += f" (registered: {shown})"
+        else:
+            message += " (no tasks are registered: is the module that defines them imported?)"
+        super().__init__(message)
 
 
 class InvalidArguments(ConveyorError, ValueError):

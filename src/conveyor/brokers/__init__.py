@@ -180,6 +180,9 @@ class WorkerInfo:
     rss: int = 0
     processed: int = 0
     failed: int = 0
+    #: Names of the tasks this worker has registered (a worker warns when it shares a queue with
+    #: workers that have other tasks).
+    tasks: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -316,6 +319,32 @@ class Broker(ABC):
     @abstractmethod
     def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
         """Push the deadline of the given (job id, token) leases ``lease`` seconds from now."""
+
+    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
+        """Record when leased jobs really began to run: ``(job id, token, started_at)`` each,
+        ignored for a stale token. Until then a leased job is *reserved* (``running`` with no
+        ``started_at``). Workers send these in batches with their heartbeats, never one round
+        trip per job; the ack carries ``started_at`` too, for a job that ended before its mark."""
+        raise NotImplementedError
+
+    def reserved_counts(self) -> dict[str, int]:
+        """``{queue: n}``: jobs leased by a worker that have not started yet (see
+        :meth:`mark_started`); they are part of the ``running`` count of :meth:`counts`.
+
+        Default: reads the running jobs through :meth:`list_jobs` (at most :data:`SCAN_LIMIT`)."""
+        found: dict[str, int] = {}
+        cursor: str | None = None
+        scanned = 0
+        while scanned < SCAN_LIMIT:
+            page = self.list_jobs(state="running", limit=500, cursor=cursor)
+            for job in page.jobs:
+                if job.started_at is None:
+                    found[job.queue] = found.get(job.queue, 0) + 1
+            scanned += len(page.jobs)
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        return found
 
     @abstractmethod
     def progress(self, job_id: str, token: int, fraction: float | None, message: str | None) -> bool:
