@@ -80,6 +80,8 @@ class Settings:
     grace: float = field(default=30.0, metadata={"help": "seconds running jobs get to finish on SIGTERM"})
     lease: float = field(default=10.0, metadata={"help": "lease length in seconds (extended by heartbeats)"})
     kill_after: float = field(default=5.0, metadata={"help": "seconds after a task's timeout before a hard kill"})
+    unknown_task_timeout: float = field(default=300.0, metadata={
+        "help": "seconds a job for a task no worker has may wait for one that has it before it fails"})
     retries: int = field(default=3, metadata={"help": "default retries of a task that raises"})
     max_payload: int = field(default=1_048_576, metadata={"help": "largest serialized arguments, bytes"})
     retention: float = field(default=7 * 86400.0, metadata={"help": "seconds succeeded/cancelled jobs are kept"})
@@ -115,7 +117,7 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {}
 # Lowest sensible value of the numeric settings (a pool of 0, a negative lease… are typos).
 _MINIMUM: dict[str, float] = {
     "concurrency": 1, "prefetch": 1, "max_jobs_per_child": 1, "max_memory": 1, "grace": 0, "lease": 0,
-    "kill_after": 0, "retries": 0, "max_payload": 1, "retention": 0,
+    "kill_after": 0, "unknown_task_timeout": 0, "retries": 0, "max_payload": 1, "retention": 0,
 }
 
 
