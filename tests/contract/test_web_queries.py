@@ -24,9 +24,9 @@ def take(broker: Broker, queue: str = "default", limit: int = 100) -> list[Lease
     return broker.fetch([queue], limit, LEASE, "c1")
 
 
-def fail(broker: Broker, lease: Lease, message: str = "boom") -> None:
+def fail(broker: Broker, lease: Lease, message: str = "boom", started: float | None = None) -> None:
     error = {"type": "ValueError", "message": message, "traceback": "Traceback...\nValueError: " + message}
-    assert broker.ack([Outcome(lease.job_id, lease.token, "failed", error=error)]) == [True]
+    assert broker.ack([Outcome(lease.job_id, lease.token, "failed", error=error, started_at=started)]) == [True]
 
 
 def succeed(broker: Broker, lease: Lease, started: float | None = None, finished: float | None = None) -> None:
@@ -108,7 +108,7 @@ def test_stats_per_queue_and_bucket(broker: Broker, make: Make, clock: FakeClock
     leases = take(broker, "a")
     for i, lease in enumerate(leases[:2]):
         succeed(broker, lease, started=since + 2, finished=since + 3 + i)
-    fail(broker, leases[2])
+    fail(broker, leases[2], started=since + 2)  # a fetch no longer records a start: the outcome does
     clock.advance(60)  # the next bucket
     succeed(broker, take(broker, "b")[0], started=since + 62, finished=since + 64)
     rows = broker.stats(since, 60.0)

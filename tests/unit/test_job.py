@@ -64,7 +64,7 @@ def test_refresh_reloads_the_record(transcode: Task[Any, Report], lease_next: Ca
     assert job.attempts == 0  # cached until refreshed
     assert job.refresh() is job
     assert job.attempts == 1
-    assert job.started_at is not None
+    assert job.started_at is None  # leased, not yet begun: reserved until the worker marks the start
     assert job.record.state == "running"
 
 

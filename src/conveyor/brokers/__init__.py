@@ -189,8 +189,9 @@ class WorkerInfo:
 class Event:
     """One change in the store, as returned by :meth:`Broker.changes`.
 
-    ``kind`` is ``job`` (``data``: id, task, queue, state, progress, progress_message, attempts;
-    state ``deleted`` when the job was removed), ``queue`` (``data``: name, paused) or ``worker``
+    ``kind`` is ``job`` (``data``: id, task, queue, state, progress, progress_message, attempts,
+    started_at — None while a running job is only reserved; state ``deleted`` when the job was
+    removed), ``queue`` (``data``: name, paused) or ``worker``
     (``data``: id, state ``seen`` or ``gone``). ``id`` is the cursor just after this event.
     """
 
@@ -203,7 +204,8 @@ class Event:
 def job_event_data(job: JobRecord) -> dict[str, Any]:
     """The ``data`` of a ``job`` :class:`Event` for the job as it is now."""
     return {"id": job.id, "task": job.task, "queue": job.queue, "state": job.state,
-            "progress": job.progress, "progress_message": job.progress_message, "attempts": job.attempts}
+            "progress": job.progress, "progress_message": job.progress_message, "attempts": job.attempts,
+            "started_at": job.started_at}
 
 
 def job_matches(job: JobRecord, search: str | None, since: float | None, until: float | None) -> bool:

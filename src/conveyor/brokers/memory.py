@@ -172,7 +172,8 @@ class MemoryBroker(Broker):
                     job.attempts += 1
                     job.token += 1
                     job.lease_until = now + lease
-                    job.started_at = job.updated_at = now
+                    job.updated_at = now
+                    job.started_at = None  # reserved until the worker marks the start
                     job.cancel_requested = False
                     self._changed(job)
                     out.append(Lease(job.id, job.token, job.task, job.queue, job.payload, job.attempts,
@@ -188,6 +189,22 @@ class MemoryBroker(Broker):
             if self._schedule and self._schedule[0][0] <= self.clock():
                 return
             self._lock.wait(timeout)
+
+    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
+        with self._lock:
+            for job_id, token, at in marks:
+                job = self._current(job_id, token)
+                if job is not None:
+                    job.started_at, job.updated_at = at, self.clock()
+                    self._changed(job)
+
+    def reserved_counts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state == "running" and job.started_at is None:
+                    found[job.queue] = found.get(job.queue, 0) + 1
+        return found
 
     def _current(self, job_id: str, token: int) -> JobRecord | None:
         job = self._jobs.get(job_id)

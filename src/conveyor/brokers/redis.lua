@@ -431,7 +431,7 @@ for qi = 1, NQ do
             local attempts = (tonumber(v[3]) or 0) + 1
             local token = (tonumber(v[4]) or 0) + 1
             redis.call('HSET', jk, 'state', 'running', 'consumer', consumer, 'attempts', attempts, 'token', token,
-              'lease_until', deadline, 'started_at', NOW, 'updated_at', NOW)
+              'lease_until', deadline, 'started_at', '', 'updated_at', NOW)  -- reserved until marked
             nl = nl + 1
             leases[2 * nl + 1] = deadline; leases[2 * nl + 2] = id; leased[nl] = id
             need = need - 1
@@ -614,6 +614,39 @@ for r = 4 + NQ, #ARGV, 3 do
   end
 end
 flush()
+return out
+
+-- name: mark
+-- ARGV after the queues: (queue index, id, token, started_at) per mark. Records when jobs still
+-- running under that token began, and publishes them (state running, started).
+local started = {}
+for r = 3 + NQ, #ARGV, 4 do
+  local base, id = base_of(tonumber(ARGV[r])), ARGV[r + 1]
+  local jk = base .. ':j:' .. id
+  local v = redis.call('HMGET', jk, 'state', 'token')
+  if v[1] == 'running' and v[2] == ARGV[r + 2] then
+    redis.call('HSET', jk, 'started_at', ARGV[r + 3], 'updated_at', NOW)
+    push(started, base, id)
+  end
+end
+for base, ids in pairs(started) do
+  redis.call('PUBLISH', PREFIX .. ':events', '{"queue":' .. cjson.encode(QUEUE[base]) ..
+    ',"state":"running","started":true,"at":' .. NOW .. ',"ids":' .. cjson.encode(ids) .. '}')
+end
+return 0
+
+-- name: reserved
+-- Returns per queue how many of its leased jobs have not been marked started.
+local out = {}
+for qi = 1, NQ do
+  local base = base_of(qi)
+  local n = 0
+  for _, id in ipairs(leased_before(base, '+inf')) do
+    local v = redis.call('HMGET', base .. ':j:' .. id, 'state', 'started_at')
+    if v[1] == 'running' and (not v[2] or v[2] == '') then n = n + 1 end
+  end
+  out[qi] = n
+end
 return out
 
 -- name: progress

@@ -431,6 +431,28 @@ class RedisBroker(Broker):
                     result.cancel_requested.add(job_id)
         return result
 
+    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
+        if not marks:
+            return
+        now = self.clock()
+        where, groups = self._by_queue([job_id for job_id, _, _ in marks])
+        for group in groups:
+            index = {q: i + 1 for i, q in enumerate(group)}
+            args: list[Any] = []
+            for job_id, token, at in marks:
+                qi = index.get(where.get(job_id, ""))
+                if qi is not None:
+                    args += [qi, job_id, str(token), _f(at)]
+            self._script("mark", group, now, args)
+
+    def reserved_counts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for group in self._groups(self._all_queues(fresh=True)):
+            for queue, n in zip(group, self._script("reserved", group, self.clock(), [])):
+                if n:
+                    found[queue] = int(n)
+        return found
+
     def progress(self, job_id: str, token: int, fraction: float | None, message: str | None) -> bool:
         queue = self._locate([job_id]).get(job_id)
         if queue is None:

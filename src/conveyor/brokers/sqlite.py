@@ -242,6 +242,18 @@ class SQLiteBroker(Broker):
                         "entry": entry, "id": o.job_id, "token": o.token})
         return accepted
 
+    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
+        if not marks:
+            return
+        now = self.clock()
+        with self._write() as conn:
+            conn.executemany(Q["mark_started"], [{"at": at, "now": now, "id": job_id, "token": token}
+                                                 for job_id, token, at in marks])
+
+    def reserved_counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {queue: n for queue, n in conn.execute(Q["reserved"])}
+
     def _current(self, conn: sqlite3.Connection, leases: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The (id, token) pairs among ``leases`` that are still held, with their cancel flag."""
         held: dict[tuple[str, int], int] = {}
@@ -476,16 +488,16 @@ class SQLiteBroker(Broker):
 
 
 def _job_data(job_id: str, state: str, task: str, queue: str, progress: float | None, message: str | None,
-              attempts: int | None) -> dict[str, Any]:
+              attempts: int | None, started_at: float | None) -> dict[str, Any]:
     return {"id": job_id, "task": task, "queue": queue, "state": state, "progress": progress,
-            "progress_message": message, "attempts": attempts}
+            "progress_message": message, "attempts": attempts, "started_at": started_at}
 
 
 def _event(event_id: str, row: tuple[Any, ...]) -> Event:
-    _, at, kind, ref, state, task, queue, progress, message, attempts = row
+    _, at, kind, ref, state, task, queue, progress, message, attempts, started_at = row
     data: dict[str, Any]
     if kind == "job":
-        data = _job_data(ref, state, task, queue, progress, message, attempts)
+        data = _job_data(ref, state, task, queue, progress, message, attempts, started_at)
     elif kind == "queue":
         data = {"name": ref, "paused": state == "paused"}
     else:

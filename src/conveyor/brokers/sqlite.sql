@@ -68,10 +68,13 @@ CREATE TABLE IF NOT EXISTS conveyor_changes (
     task TEXT,
     queue TEXT
 );
-CREATE TRIGGER IF NOT EXISTS conveyor_changes_job_updated
-AFTER UPDATE OF state, progress, progress_message, cancel_requested ON conveyor_jobs
+-- A job's start mark (started_at) is a change too; conveyor_changes_job_updated did not log it.
+DROP TRIGGER IF EXISTS conveyor_changes_job_updated;
+CREATE TRIGGER IF NOT EXISTS conveyor_changes_job_changed
+AFTER UPDATE OF state, progress, progress_message, cancel_requested, started_at ON conveyor_jobs
 WHEN NEW.state IS NOT OLD.state OR NEW.progress IS NOT OLD.progress
      OR NEW.progress_message IS NOT OLD.progress_message OR NEW.cancel_requested IS NOT OLD.cancel_requested
+     OR NEW.started_at IS NOT OLD.started_at
 BEGIN
     INSERT INTO conveyor_changes (at, kind, job, state) VALUES (NEW.updated_at, 'job', NEW.seq, NEW.state);
 END;
@@ -120,7 +123,7 @@ SELECT name FROM conveyor_queues WHERE paused = 1
 -- name: claim
 UPDATE conveyor_jobs
 SET state = 'running', attempts = attempts + 1, token = token + 1, lease_until = :deadline,
-    consumer = :consumer, started_at = :now, updated_at = :now, cancel_requested = 0
+    consumer = :consumer, started_at = NULL, updated_at = :now, cancel_requested = 0
 WHERE seq IN (SELECT seq FROM conveyor_jobs WHERE state = 'queued' AND queue = :queue
               ORDER BY priority DESC, seq LIMIT :limit)
 RETURNING seq, id, token, task, queue, payload, attempts, max_attempts, timeout, lease_until, priority
@@ -152,6 +155,12 @@ SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, attem
     run_at = CASE WHEN cancel_requested THEN run_at ELSE :now END,
     updated_at = :now, lease_until = NULL, consumer = NULL
 WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: mark_started
+UPDATE conveyor_jobs SET started_at = :at, updated_at = :now WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: reserved
+SELECT queue, count(*) FROM conveyor_jobs WHERE state = 'running' AND started_at IS NULL GROUP BY queue
 
 -- name: current_tokens
 SELECT id, token, cancel_requested FROM conveyor_jobs WHERE state = 'running' AND id IN ({ids})
@@ -245,12 +254,13 @@ FROM ranked GROUP BY queue, b ORDER BY b, queue
 
 -- name: changes
 SELECT e.id, e.at, e.kind, coalesce(j.id, e.ref), e.state, coalesce(j.task, e.task), coalesce(j.queue, e.queue),
-       j.progress, j.progress_message, j.attempts
+       j.progress, j.progress_message, j.attempts, j.started_at
 FROM conveyor_changes e LEFT JOIN conveyor_jobs j ON j.seq = e.job
 WHERE e.id > ? ORDER BY e.id LIMIT ?
 
 -- name: new_jobs
-SELECT seq, coalesce(updated_at, created_at), id, state, task, queue, progress, progress_message, attempts
+SELECT seq, coalesce(updated_at, created_at), id, state, task, queue, progress, progress_message, attempts,
+       started_at
 FROM conveyor_jobs WHERE seq > ? ORDER BY seq LIMIT ?
 
 -- name: last_change
