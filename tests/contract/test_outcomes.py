@@ -159,6 +159,65 @@ def test_a_handed_back_job_is_queued_without_counting_the_attempt(broker: Broker
     assert broker.ack([Outcome(again.job_id, again.token, "succeeded")]) == [True]
 
 
+def refusal(worker_ids: list[str], since: float) -> dict[str, object]:
+    return {"type": "UnknownTask", "message": "no task 'tests.noop' here", "refused_by": worker_ids, "since": since}
+
+
+def test_a_hand_back_with_run_at_waits_in_the_schedule_uncounted(
+        broker: Broker, make: Make, clock: FakeClock) -> None:
+    lease = lease_one(broker, make, max_attempts=1)
+    first = clock()
+    error = refusal(["w1"], first)
+    assert broker.ack([Outcome(lease.job_id, lease.token, "queued", run_at=clock() + 5, error=error)]) == [True]
+    record = broker.get(lease.job_id)
+    assert record is not None
+    assert (record.state, record.attempts, record.run_at) == ("scheduled", 0, clock() + 5)
+    assert (record.lease_until, record.consumer, record.finished_at) == (None, None, None)
+    assert record.error == error  # the next worker reads who refused it, and since when
+    assert broker.counts()["default"] == {"scheduled": 1}
+    assert fetch(broker) == []
+    clock.advance(4)
+    assert fetch(broker) == []
+    clock.advance(1)
+    broker.recover()
+    (again,) = fetch(broker)
+    assert (again.job_id, again.attempt) == (lease.job_id, 1)
+    assert broker.get(again.job_id).error["refused_by"] == ["w1"]  # type: ignore[index,union-attr]
+    # refused once more (by another worker): still not an attempt, the refusals accumulate
+    error = refusal(["w1", "w2"], first)
+    assert broker.ack([Outcome(again.job_id, again.token, "queued", run_at=clock() + 5, error=error)]) == [True]
+    record = broker.get(again.job_id)
+    assert record is not None and (record.state, record.attempts, record.error) == ("scheduled", 0, error)
+    clock.advance(5)
+    (third,) = fetch(broker)
+    assert third.attempt == 1
+    assert broker.ack([Outcome(third.job_id, third.token, "succeeded", result=b"1", started_at=clock(),
+                               finished_at=clock())]) == [True]
+    record = broker.get(third.job_id)
+    assert record is not None and (record.state, record.attempts, record.result) == ("succeeded", 1, b"1")
+
+
+def test_a_hand_back_due_now_is_queued_with_its_error(broker: Broker, make: Make, clock: FakeClock) -> None:
+    lease = lease_one(broker, make)
+    error = refusal(["w1"], clock())
+    assert broker.ack([Outcome(lease.job_id, lease.token, "queued", run_at=clock(), error=error)]) == [True]
+    record = broker.get(lease.job_id)
+    assert record is not None and (record.state, record.attempts, record.error) == ("queued", 0, error)
+    assert [x.job_id for x in fetch(broker)] == [lease.job_id]
+
+
+def test_a_hand_back_of_a_job_whose_cancel_was_requested_cancels_it(
+        broker: Broker, make: Make, clock: FakeClock) -> None:
+    lease = lease_one(broker, make)
+    assert broker.cancel(lease.job_id) == "running"
+    error = refusal(["w1"], clock())
+    assert broker.ack([Outcome(lease.job_id, lease.token, "queued", run_at=clock() + 5, error=error)]) == [True]
+    assert state_of(broker, lease.job_id) == "cancelled"
+    clock.advance(10)
+    broker.recover()
+    assert fetch(broker) == []
+
+
 def test_a_handed_back_job_keeps_its_place(broker: Broker, make: Make) -> None:
     messages = [make() for _ in range(3)]
     broker.enqueue(messages)

@@ -264,3 +264,12 @@ def test_prune_forgets_workers_silent_for_over_an_hour(broker: Broker, clock: Fa
     clock.advance(1801)
     broker.prune(older_than=60)
     assert [w.id for w in broker.workers(max_age=10**6)] == ["recent"]
+
+
+def test_heartbeat_carries_the_task_names(broker: Broker, clock: FakeClock) -> None:
+    broker.heartbeat(worker(clock, "w1", tasks=["media.transcode", "mail.send"]))
+    broker.heartbeat(worker(clock, "w2"))
+    listed = {w.id: w.tasks for w in broker.workers()}
+    assert listed == {"w1": ["media.transcode", "mail.send"], "w2": []}
+    broker.heartbeat(worker(clock, "w2", tasks=["mail.send"]))
+    assert {w.id: w.tasks for w in broker.workers()}["w2"] == ["mail.send"]

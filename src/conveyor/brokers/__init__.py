@@ -96,7 +96,9 @@ class Outcome:
     """The verdict on a leased job.
 
     ``state`` is ``succeeded``, ``failed``, ``cancelled``, ``scheduled`` (retry at ``run_at``) or
-    ``queued`` (handed back unstarted: the delivery is not counted as an attempt).
+    ``queued`` (handed back unstarted: the delivery is not counted as an attempt). A hand-back with
+    a later ``run_at`` waits in the schedule until then (a back-off), and its ``error``, when given,
+    is kept on the job (a worker without the task records who refused it, and since when).
     """
 
     job_id: str

@@ -226,6 +226,10 @@ class MemoryBroker(Broker):
                     state = "cancelled"  # its cancellation was requested: never queue it again
                 if o.state == "queued":  # handed back unstarted: not an attempt
                     job.attempts -= 1
+                    if o.error is not None:  # e.g. who refused it (UnknownTask), for the next worker
+                        job.error = o.error
+                    if state == "queued" and o.run_at is not None and o.run_at > now:
+                        state, job.run_at = "scheduled", o.run_at
                     self._settle(job, state, now)
                     accepted.append(True)
                     continue

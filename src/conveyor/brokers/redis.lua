@@ -541,12 +541,21 @@ for r = split, #ARGV, W do
     local final = state
     if w[1] == '1' and (state == 'queued' or state == 'scheduled') then final = 'cancelled' end
     if state == 'queued' then
-      -- handed back unstarted: the delivery is not counted as an attempt
+      -- handed back unstarted: the delivery is not counted as an attempt; with a later run_at it
+      -- waits in the schedule (a back-off), and its error (who refused it) is kept for the next worker
       local attempts = math.max((tonumber(w[2]) or 1) - 1, 0)
+      local err, run_at = ARGV[r + 5], ARGV[r + 8]
+      if err ~= '' then redis.call('HSET', jk, 'error', err) end
       if final == 'cancelled' then
         redis.call('HSET', jk, 'state', final, 'attempts', attempts, 'finished_at', NOW, 'updated_at', NOW,
           'lease_until', '', 'consumer', '')
         moved(base, id, 'running', final, NOW, key)
+      elseif run_at ~= '' and tonumber(run_at) > now then
+        redis.call('HSET', jk, 'state', 'scheduled', 'attempts', attempts, 'run_at', run_at, 'updated_at', NOW,
+          'lease_until', '', 'consumer', '')
+        zadd(base .. ':schedule', run_at, id)
+        WAKES[base] = (WAKES[base] or 0) + 1  -- a waiting consumer learns the new due time
+        moved(base, id, 'running', 'scheduled')
       else
         redis.call('HSET', jk, 'state', final, 'attempts', attempts, 'run_at', NOW, 'updated_at', NOW,
           'lease_until', '', 'consumer', '')

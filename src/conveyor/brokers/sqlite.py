@@ -230,10 +230,11 @@ class SQLiteBroker(Broker):
                 (o.result, o.started_at, o.finished_at or now, now, o.job_id, o.token)
                 for o in wins if o.state == "succeeded"])
             for o in wins:
+                error = orjson.dumps(o.error).decode() if o.error is not None else None
                 if o.state == "queued":
-                    conn.execute(Q["hand_back"], {"id": o.job_id, "token": o.token, "now": now})
+                    conn.execute(Q["hand_back"], {"id": o.job_id, "token": o.token, "now": now,
+                                                  "run_at": o.run_at, "error": error})
                 elif o.state != "succeeded":
-                    error = orjson.dumps(o.error).decode() if o.error is not None else None
                     entry = orjson.dumps({"attempt": None, "at": o.finished_at or now, "state": o.state,
                                           "error": o.error}).decode()
                     conn.execute(Q["settle"], {

@@ -149,10 +149,12 @@ SET state = CASE WHEN cancel_requested AND :state = 'scheduled' THEN 'cancelled'
 WHERE id = :id AND token = :token AND state = 'running'
 
 -- name: hand_back
+-- Not an attempt. Scheduled when it names a later run_at (a back-off); its error, when given, is kept.
 UPDATE conveyor_jobs
-SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, attempts = attempts - 1,
+SET state = CASE WHEN cancel_requested THEN 'cancelled' WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END,
+    attempts = attempts - 1, error = coalesce(:error, error),
     finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
-    run_at = CASE WHEN cancel_requested THEN run_at ELSE :now END,
+    run_at = CASE WHEN cancel_requested THEN run_at WHEN :run_at > :now THEN :run_at ELSE :now END,
     updated_at = :now, lease_until = NULL, consumer = NULL
 WHERE id = :id AND token = :token AND state = 'running'
 
