@@ -155,7 +155,8 @@ def test_retry_without_delay_uses_backoff_and_counts_attempts(
     assert job.result() == "ready"
 
 
-def test_unknown_task_fails(app: Conveyor, work: Callable[[], Outcome]) -> None:
+def test_unknown_task_fails(app: Conveyor, runner: Runner, work: Callable[[], Outcome]) -> None:
+    runner.settings = runner.settings.replace(unknown_task_timeout=0)  # no wait for a worker that has it
     job_id = put(app, "nowhere.ghost", b'{"args":[],"kwargs":{}}')
     outcome = work()
     assert (outcome.job_id, outcome.state) == (job_id, "failed")
@@ -163,6 +164,61 @@ def test_unknown_task_fails(app: Conveyor, work: Callable[[], Outcome]) -> None:
     assert outcome.error["type"] == "UnknownTask"
     assert "'nowhere.ghost'" in outcome.error["message"]
     assert app.get_job(job_id).status == "failed"  # with attempts left: not retryable
+
+
+def test_unknown_task_is_handed_back_uncounted_for_a_worker_that_has_it(
+    app: Conveyor, runner: Runner, lease_next: Callable[[], Lease]
+) -> None:
+    job_id = put(app, "other_app.resize", b'{"args":[],"kwargs":{}}')
+    before = time.time()
+    outcome = runner.execute(lease_next())
+    assert outcome.state == "queued"  # handed back, not failed
+    assert outcome.run_at is not None and before + 0.4 <= outcome.run_at <= time.time() + 0.6  # back-off
+    assert outcome.error is not None and outcome.error["type"] == "UnknownTask"
+    assert outcome.error["refused_by"] == [runner.consumer_id]
+    assert runner.failed == 0
+    assert app.broker.ack([outcome]) == [True]
+    record = app.broker.get(job_id)
+    assert record is not None
+    assert (record.state, record.attempts) == ("scheduled", 0)  # uncounted
+
+    # A worker that has the task takes it once the back-off has passed, and runs it normally.
+    other = Conveyor("memory://")
+    other.broker = app.broker
+
+    @other.task(name="other_app.resize")
+    def resize() -> str:
+        return "done"
+
+    time.sleep(max(0.0, outcome.run_at - time.time()) + 0.05)
+    app.broker.recover()
+    (lease,) = app.broker.fetch(["default"], 1, 30.0, "other-worker")
+    assert lease.attempt == 1
+    done = Runner(other, app.broker, other.settings, "other-worker").execute(lease)
+    assert done.state == "succeeded"
+    assert app.broker.ack([done]) == [True]
+    assert app.get_job(job_id).result() == "done"
+
+
+def test_unknown_task_fails_when_no_worker_claims_it_in_time_naming_the_refusers(
+    app: Conveyor, runner: Runner, lease_next: Callable[[], Lease]
+) -> None:
+    runner.settings = runner.settings.replace(unknown_task_timeout=0.3)
+    job_id = put(app, "other_app.resize", b'{"args":[],"kwargs":{}}')
+    first = runner.execute(lease_next())
+    assert first.state == "queued" and first.run_at is not None
+    assert app.broker.ack([first]) == [True]
+    time.sleep(max(0.0, first.run_at - time.time()) + 0.05)  # at most the timeout: the run_at is capped
+    app.broker.recover()
+    second_runner = Runner(app, app.broker, runner.settings, "worker-b")
+    second = second_runner.execute(lease_next())
+    assert second.state == "failed"
+    assert second.error is not None and second.error["type"] == "UnknownTask"
+    assert second.error["refused_by"] == [runner.consumer_id, "worker-b"]
+    assert runner.consumer_id in second.error["message"] and "worker-b" in second.error["message"]
+    assert "'other_app.resize'" in second.error["message"]
+    assert app.broker.ack([second]) == [True]
+    assert app.get_job(job_id).status == "failed"
 
 
 @pytest.mark.parametrize("payload", [b"{not json", b"[1, 2]", b'{"args": "x"}', b'{"kwargs": [1]}', b""])
@@ -193,6 +249,8 @@ def test_args_that_no_longer_fit_fail(app: Conveyor, work: Callable[[], Outcome]
 
 
 def test_runner_goes_on_after_bad_jobs(app: Conveyor, runner: Runner, work: Callable[[], Outcome]) -> None:
+    runner.settings = runner.settings.replace(unknown_task_timeout=0)
+
     @app.task(name="ok")
     def ok() -> int:
         return 1

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from multiprocessing.sharedctypes import RawArray, RawValue
 from typing import TYPE_CHECKING, Any
 
-from .runner import EXIT_RECYCLE, EXIT_STOPPED, consume
+from .consumer import consume
+from .runner import EXIT_RECYCLE, EXIT_STOPPED
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -129,7 +130,7 @@ def _process_main(app: Conveyor, settings: Settings, queues: Sequence[str], cons
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGALRM, _alarm)
     if pool == "async":
-        from .runner import consume_async
+        from .consumer import consume_async
 
         code = consume_async(app, settings, queues, consumer_id, stop, slots=slots, supervisor=supervisor,
                              parent_pid=parent_pid, concurrency=settings.concurrency)

@@ -1,7 +1,9 @@
-"""One pool member's loop: lease jobs on its own connection, run them, ack in batches.
+"""The core of one consumer: run leased jobs to their outcomes, batch their acks and heartbeats.
 
-The runner never dies from a job: an unknown task, a malformed message or arguments that no longer
-fit the signature put that job in ``failed`` with the reason and the loop goes on.
+The runner never dies from a job: a malformed message or arguments that no longer fit the signature
+put that job in ``failed`` with the reason and the loop goes on. A job for a task this worker does
+not have is handed back for a worker that has it (see :meth:`Runner.refuse`). The consumer loops
+that drive a runner are in :mod:`.consumer`.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from ..brokers import Broker, Lease, Outcome, WorkerInfo
 from ..errors import ConveyorError, InvalidArguments, Retry, SerializationError
 from ..job import CurrentJob, _current
+from ..presentation import format_duration
+from .dispatch import FETCH_AHEAD, RunTimes
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -28,14 +32,14 @@ if TYPE_CHECKING:
     from .pools import Slot
 
 log = logging.getLogger("conveyor.worker")
+#: One line per finished job (INFO; ``--quiet`` or a higher log level silences it).
+job_log = logging.getLogger("conveyor.worker.jobs")
 
 EXIT_STOPPED = 0
 EXIT_RECYCLE = 3
 ACK_BATCH = 128
 ACK_DELAY = 0.02  # seconds a finished job may wait for its ack to be batched with others
-# Seconds of work a consumer leases ahead. Prefetching more would let one consumer hoard slow
-# jobs while its siblings idle; short jobs still go in batches of up to ``prefetch``.
-FETCH_AHEAD = 0.1
+REFUSAL_BACKOFF_MAX = 30.0  # seconds at most between two hand-backs of a job for an unknown task
 PROGRESS_EVERY = 0.1  # seconds between progress writes of one job
 
 
@@ -72,10 +76,11 @@ if tuple(f.name for f in fields(Outcome))[:8] != ("job_id", "token", "state", "r
 class _Running:
     """Book-keeping of one job being executed, shared with the heartbeat thread."""
 
-    __slots__ = ("cancelled", "lease", "observed_cancel", "pending_progress", "progress_at")
+    __slots__ = ("began", "cancelled", "lease", "observed_cancel", "pending_progress", "progress_at")
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
+        self.began = time.monotonic()
         self.cancelled = False
         self.observed_cancel = False  # the task read current_job().cancelled as True
         self.progress_at = 0.0
@@ -92,28 +97,96 @@ class Runner:
         self.consumer_id = consumer_id
         self.running: dict[str, _Running] = {}
         self.held: dict[str, Lease] = {}  # leased and not yet acked
+        # Leased and not started, in order. Taken by the consumer (next_lease) or handed back by
+        # the heartbeat thread (shed); deque's append and popleft are atomic, so each lease goes
+        # to exactly one of them without a lock.
+        self.pending: deque[Lease] = deque()
         self.lock = threading.Lock()
         self.processed = 0
         self.failed = 0
-        self.mean_run: float | None = None  # moving average of job run time, seconds
+        self.run_times = RunTimes()
+        self.log_jobs = job_log.isEnabledFor(logging.INFO)
+        self._marks: list[tuple[str, int, float]] = []  # (job id, token, started_at) to write
+        self._marks_supported = True
+        self._refusals_logged: set[str] = set()
         self._acks: list[Outcome] = []
         self._acks_since = 0.0
         self._acks_lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
-    # -- batching ----------------------------------------------------------------------------
-    def fetch_size(self) -> int:
+    # -- fair dispatch (see .dispatch) -------------------------------------------------------
+    def fetch_size(self, queues: Sequence[str]) -> int:
         """How many jobs to lease next: up to ``prefetch``, but only about FETCH_AHEAD seconds of
         work (one job until a run time has been measured)."""
-        if self.mean_run is None:
-            return 1
-        if self.mean_run <= 0:
-            return self.settings.prefetch
-        return max(1, min(self.settings.prefetch, int(FETCH_AHEAD / self.mean_run)))
+        return self.run_times.fetch_size(queues, self.settings.prefetch)
 
-    def timed(self, seconds: float) -> None:
-        """Record the run time of one job."""
-        self.mean_run = seconds if self.mean_run is None else 0.8 * self.mean_run + 0.2 * seconds
+    def hold(self, leases: Sequence[Lease]) -> list[Lease]:
+        """Take a fetched batch: keep what fits FETCH_AHEAD seconds of estimated work as pending
+        and return the rest, to be handed back at once (uncounted) for idle siblings."""
+        keep = self.run_times.cut(leases)
+        with self.lock:
+            self.held.update((lease.job_id, lease) for lease in leases)
+        self.pending.extend(leases[:keep])
+        return list(leases[keep:])
+
+    def next_lease(self) -> Lease | None:
+        """The next pending lease to run, or None when the batch is done (or was handed back)."""
+        try:
+            return self.pending.popleft()
+        except IndexError:
+            return None
+
+    def shed(self) -> list[Lease]:
+        """Take every pending (unstarted) lease, to hand back."""
+        out = []
+        while True:
+            try:
+                out.append(self.pending.popleft())
+            except IndexError:
+                return out
+
+    def hand_back(self, leases: Sequence[Lease]) -> None:
+        """Queue uncounted hand-backs of unstarted leases (acked with the next batch)."""
+        for lease in leases:
+            self.add_ack(Outcome(lease.job_id, lease.token, "queued"))
+
+    def shed_if_stuck(self) -> bool:
+        """Called by the heartbeat thread: when the running job has run longer than FETCH_AHEAD,
+        hand back the jobs waiting behind it and ack that at once, so an idle sibling can start
+        them. Also raises the run-time estimates at once. Returns whether anything went back."""
+        with self.lock:
+            states = list(self.running.values())
+        if not states:
+            return False
+        now = time.monotonic()
+        stuck = [s for s in states if now - s.began > FETCH_AHEAD]
+        for state in stuck:
+            self.run_times.record(state.lease.task, state.lease.queue, now - state.began)
+        if not stuck or not self.pending:
+            return False
+        rest = self.shed()
+        if not rest:
+            return False
+        log.debug("handing back %d job(s) waiting behind a slow one", len(rest))
+        self.hand_back(rest)
+        self.flush_acks()
+        return True
+
+    # -- started marks -----------------------------------------------------------------------
+    def flush_marks(self) -> None:
+        """Write when the running jobs really started, in one batch (``Broker.mark_started``).
+        Jobs that already ended are left out: their ack carries ``started_at``."""
+        if not self._marks:
+            return
+        marks, self._marks = self._marks, []
+        with self.lock:
+            marks = [m for m in marks if m[0] in self.running]
+        if not marks or not self._marks_supported:
+            return
+        try:
+            self.broker.mark_started(marks)
+        except NotImplementedError:
+            self._marks_supported = False  # a third-party broker without it: jobs show as reserved
 
     def add_ack(self, outcome: Outcome) -> int:
         """Queue an outcome for the next batched ack; returns how many wait."""
@@ -156,8 +229,7 @@ class Runner:
     def _decode(self, lease: Lease) -> tuple[Any, Sequence[Any], Mapping[str, Any]] | Outcome:
         task = self.app.tasks.get(lease.task)
         if task is None:
-            return self._dead(lease, {"type": "UnknownTask",
-                                      "message": f"no task named {lease.task!r} is registered in this worker"})
+            return self.refuse(lease)
         try:
             data = self.app.serializer.loads(lease.payload)
             if not isinstance(data, dict):
@@ -178,18 +250,21 @@ class Runner:
         """Decode the job and make it the current one; an Outcome when it cannot run at all."""
         decoded = self._decode(lease)
         if isinstance(decoded, Outcome):
-            self.failed += 1
+            if decoded.state == "failed":
+                self.failed += 1
             return decoded
         task, args, kwargs = decoded
         state = _Running(lease)
         with self.lock:
             self.running[lease.job_id] = state
         token = _current.set(self._context(lease, state))
-        return task, args, kwargs, state, token, time.time()
+        started = time.time()
+        self._marks.append((lease.job_id, lease.token, started))
+        return task, args, kwargs, state, token, started
 
     def _exit(self, lease: Lease, state: _Running, token: Any, started: float) -> None:
         """Undo ``_enter`` and write the job's last throttled progress report."""
-        self.timed(time.time() - started)
+        self.run_times.record(lease.task, lease.queue, time.monotonic() - state.began)
         _current.reset(token)
         with self.lock:
             self.running.pop(lease.job_id, None)
@@ -197,9 +272,52 @@ class Runner:
             self.broker.progress(lease.job_id, lease.token, *state.pending_progress)
 
     def _dead(self, lease: Lease, error: dict[str, Any]) -> Outcome:
-        log.error("job %s (%s) failed: %s", lease.job_id, lease.task, error["message"])
+        log.error("job %s (%s) attempt %d/%d failed: %s", lease.job_id, lease.task, lease.attempt,
+                  lease.max_attempts, error["message"])
         now = time.time()
         return Outcome(lease.job_id, lease.token, "failed", error=error, started_at=now, finished_at=now)
+
+    def refuse(self, lease: Lease) -> Outcome:
+        """A job for a task this worker does not have (another application shares the queue, or
+        a deploy is half done): hand it back uncounted, with a growing back-off, so a worker that
+        has the task can take it. Only when none has claimed it within ``unknown_task_timeout``
+        seconds of the first refusal does it fail, naming the workers that refused it."""
+        now = time.time()
+        timeout = self.settings.unknown_task_timeout
+        prior: dict[str, Any] = {}
+        if timeout > 0:
+            try:
+                record = self.broker.get(lease.job_id)  # a rare path: one read to learn earlier refusals
+            except ConveyorError:
+                record = None
+            if record is not None and record.error and record.error.get("type") == "UnknownTask":
+                prior = record.error
+        since = float(prior.get("since", now))
+        refused_by = [str(w) for w in prior.get("refused_by", []) if w != self.consumer_id] + [self.consumer_id]
+        refusals = int(prior.get("refusals", 0)) + 1
+        error: dict[str, Any] = {"type": "UnknownTask", "refused_by": refused_by, "since": since,
+                                 "refusals": refusals}
+        if now - since >= timeout:
+            error["message"] = (f"no task named {lease.task!r}: no worker that has it claimed the job within "
+                                f"{timeout:g}s (unknown_task_timeout); refused by {', '.join(refused_by)}")
+            return self._dead(lease, error)
+        delay = min(REFUSAL_BACKOFF_MAX, 0.5 * 2 ** (refusals - 1))
+        error["message"] = (f"no task named {lease.task!r} in worker {self.consumer_id}; handed back for a "
+                            f"worker that has it (fails at {since + timeout:.0f} if none claims it)")
+        if lease.task not in self._refusals_logged:
+            self._refusals_logged.add(lease.task)
+            log.warning("job %s: this worker has no task %r; handing it back for a worker that has it "
+                        "(it fails if none claims it within %gs)", lease.job_id, lease.task, timeout)
+        return Outcome(lease.job_id, lease.token, "queued", error=error, run_at=min(now + delay, since + timeout))
+
+    def report(self, lease: Lease, outcome: Outcome) -> None:
+        """The INFO line of a finished job: task, id, attempt, duration, outcome. Retries and
+        failures have their WARNING and ERROR lines (with the reason) instead."""
+        if outcome.state in ("succeeded", "cancelled") and self.log_jobs:
+            began, ended = outcome.started_at, outcome.finished_at
+            took = format_duration(ended - began) if began is not None and ended is not None else "?"
+            job_log.info("job %s (%s) attempt %d/%d %s in %s", lease.job_id, lease.task, lease.attempt,
+                         lease.max_attempts, outcome.state, took)
 
     def _context(self, lease: Lease, state: _Running) -> CurrentJob:
         def report(fraction: float | None, message: str | None) -> None:
@@ -232,6 +350,9 @@ class Runner:
                 body = self.app.serializer.dumps(result)
             except SerializationError as err:
                 self.failed += 1
+                log.error("job %s (%s) attempt %d/%d failed after %s: its result cannot be stored: %s",
+                          lease.job_id, lease.task, lease.attempt, lease.max_attempts,
+                          format_duration(finished - started), err)
                 return Outcome(lease.job_id, lease.token, "failed", error=error_info(err, False),
                                started_at=started, finished_at=finished)
             self.processed += 1
@@ -245,12 +366,14 @@ class Runner:
                            started_at=started, finished_at=finished)
         if lease.attempt < lease.max_attempts:
             delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else task.backoff(lease.attempt)
-            log.warning("job %s (%s) attempt %d/%d raised %s: %s; retry in %.1fs", lease.job_id, lease.task,
-                        lease.attempt, lease.max_attempts, info["type"], info["message"], delay)
+            log.warning("job %s (%s) attempt %d/%d raised %s after %s: %s; retry in %.1fs", lease.job_id,
+                        lease.task, lease.attempt, lease.max_attempts, info["type"],
+                        format_duration(finished - started), info["message"], delay)
             return Outcome(lease.job_id, lease.token, "scheduled", error=info, run_at=finished + delay,
                            started_at=started, finished_at=finished)
-        log.error("job %s (%s) failed after %d attempt(s): %s: %s", lease.job_id, lease.task,
-                  lease.attempt, info["type"], info["message"])
+        log.error("job %s (%s) attempt %d/%d failed after %s: %s: %s", lease.job_id, lease.task,
+                  lease.attempt, lease.max_attempts, format_duration(finished - started), info["type"],
+                  info["message"])
         return Outcome(lease.job_id, lease.token, "failed", error=info, started_at=started, finished_at=finished)
 
     def execute(self, lease: Lease, slot: Slot | None = None, use_alarm: bool = False,
@@ -330,7 +453,9 @@ class Heartbeat(threading.Thread):
         while not self.done.wait(0.1):
             try:
                 now = time.monotonic()
+                self.runner.shed_if_stuck()
                 self.runner.flush_acks(older_than=ACK_DELAY)
+                self.runner.flush_marks()
                 self.runner.flush_progress()
                 if now >= next_lease:
                     next_lease = now + lease_every
@@ -380,187 +505,3 @@ class Acker(threading.Thread):
         self.done = True
         self.wanted.set()
         self.join(timeout=5)
-
-
-def worker_info(consumer_id: str, queues: Sequence[str], pool: str, supervisor: str | None) -> WorkerInfo:
-    return WorkerInfo(id=consumer_id, hostname=socket.gethostname(), pid=os.getpid(), queues=list(queues),
-                      started_at=time.time(), supervisor=supervisor, pool=pool)
-
-
-def consume(app: Conveyor, settings: Settings, queues: Sequence[str], consumer_id: str,
-            stop: threading.Event, *, slot: Slot | None = None, use_alarm: bool = False,
-            supervisor: str | None = None, pool: str = "process", parent_pid: int | None = None,
-            max_jobs: int | None = None, max_memory: int | None = None,
-            on_job: Callable[[], None] | None = None) -> int:
-    """The synchronous consumer loop (process and thread pools). Returns an exit code:
-    EXIT_STOPPED when ``stop`` was set, EXIT_RECYCLE when a recycling limit was reached."""
-    broker = app.broker.fork()
-    runner = Runner(app, broker, settings, consumer_id)
-    beat = Heartbeat(runner, worker_info(consumer_id, queues, pool, supervisor), stop, parent_pid)
-    beat.start()
-    acker = Acker(runner)
-    acker.start()
-    loop = asyncio.new_event_loop()
-    done_jobs = 0
-    next_memory_check = 0.0
-    exit_code = EXIT_STOPPED
-    handoff = False  # the last full batch's acks wait for the next fetch's answer (see below)
-
-    try:
-        while not stop.is_set():
-            limit = runner.fetch_size()
-            if max_jobs:
-                limit = max(1, min(limit, max_jobs - done_jobs))  # do not lease what recycling hands back
-            try:
-                leases = broker.fetch(queues, limit, settings.lease, consumer_id)
-            except ConveyorError as exc:
-                log.error("fetch failed: %s; retrying in 1s", exc)
-                stop.wait(1.0)
-                continue
-            if not leases:
-                runner.flush_acks()
-                handoff = False
-                broker.wait(queues, 0.5)
-                continue
-            if handoff:
-                acker.wanted.set()
-                handoff = False
-            with runner.lock:
-                runner.held.update((lease.job_id, lease) for lease in leases)
-            for i, lease in enumerate(leases):
-                if stop.is_set() or exit_code == EXIT_RECYCLE:
-                    for rest in leases[i:]:  # handed back unstarted: not counted as an attempt
-                        runner.add_ack(Outcome(rest.job_id, rest.token, "queued"))
-                    break
-                if runner.acks_waiting(ACK_DELAY):
-                    acker.wanted.set()
-                outcome = runner.execute(lease, slot=slot, use_alarm=use_alarm, loop=loop)
-                if runner.add_ack(outcome) >= ACK_BATCH and i + 1 < len(leases):
-                    acker.wanted.set()
-                done_jobs += 1
-                if on_job is not None:
-                    on_job()
-                if max_jobs and done_jobs >= max_jobs:
-                    log.info("recycling after %d jobs (max_jobs_per_child)", done_jobs)
-                    exit_code = EXIT_RECYCLE
-                if max_memory and time.monotonic() >= next_memory_check:
-                    next_memory_check = time.monotonic() + 0.5
-                    if rss_bytes() > max_memory * 1024 * 1024:
-                        log.info("recycling at %d MB RSS (max_memory %d MB)", rss_bytes() >> 20, max_memory)
-                        exit_code = EXIT_RECYCLE
-            if len(leases) < limit or stop.is_set() or exit_code == EXIT_RECYCLE:
-                runner.flush_acks()  # the queues ran dry (the next fetch may block) or we stop: ack now
-            else:
-                # More work waits: ack while running it, once the next fetch is answered, so that
-                # the broker serves that fetch first instead of queueing it behind these acks.
-                handoff = True
-            if exit_code == EXIT_RECYCLE:
-                break
-    finally:
-        acker.stop()
-        runner.flush_acks()
-        _sign_off(beat, broker, consumer_id)
-        loop.close()
-    return exit_code
-
-
-def _sign_off(beat: Heartbeat, broker: Broker, consumer_id: str) -> None:
-    """A consumer's last words: stop its heartbeat and remove its worker record."""
-    beat.done.set()
-    beat.join(timeout=2)
-    try:
-        broker.unregister(consumer_id)
-    except ConveyorError:
-        pass
-
-
-def consume_async(app: Conveyor, settings: Settings, queues: Sequence[str], consumer_id: str,
-                  stop: threading.Event, *, slots: Sequence[Slot], supervisor: str | None = None,
-                  parent_pid: int | None = None, concurrency: int = 10) -> int:
-    """The asyncio consumer: one event loop running up to ``concurrency`` jobs at once.
-
-    ``async def`` tasks run on the loop (their timeout cancels them with TimeoutError); plain
-    functions run in the loop's thread pool so they never block it.
-    """
-    broker = app.broker.fork()
-    runner = Runner(app, broker, settings, consumer_id)
-    beat = Heartbeat(runner, worker_info(consumer_id, queues, "async", supervisor), stop, parent_pid)
-    beat.start()
-    free_slots = list(slots)
-
-    async def run_one(lease: Lease) -> Outcome:
-        entered = runner._enter(lease)
-        if isinstance(entered, Outcome):
-            return entered
-        task, args, kwargs, state, token, started = entered
-        slot = free_slots.pop()
-        slot.start(lease.job_id, lease.token, lease.timeout, settings.kill_after)
-        try:
-            if task.is_async:
-                call = task.fn(*args, **kwargs)
-            else:
-                call = asyncio.get_running_loop().run_in_executor(None, lambda: task.fn(*args, **kwargs))
-            result = await (asyncio.wait_for(call, lease.timeout) if lease.timeout else call)
-        except Exception as exc:
-            return runner._verdict(lease, task, state, started, exc=exc)
-        else:
-            return runner._verdict(lease, task, state, started, result=result)
-        finally:
-            slot.clear()
-            free_slots.append(slot)
-            runner._exit(lease, state, token, started)
-
-    async def main() -> None:
-        inflight: set[asyncio.Task[Outcome]] = set()
-        done_outcomes: list[Outcome] = []
-
-        async def flush() -> None:
-            if not done_outcomes:
-                return
-            batch = list(done_outcomes)
-            done_outcomes.clear()
-            try:
-                await asyncio.to_thread(broker.ack, batch)
-            except ConveyorError as exc:
-                log.error("ack of %d job(s) failed: %s", len(batch), exc)
-            with runner.lock:
-                for o in batch:
-                    runner.held.pop(o.job_id, None)
-
-        def collect(finished: set[asyncio.Task[Outcome]]) -> None:
-            for t in finished:
-                inflight.discard(t)
-                done_outcomes.append(t.result())
-
-        while not stop.is_set():
-            room = concurrency - len(inflight)
-            leases: list[Lease] = []
-            if room > 0:
-                try:
-                    leases = await asyncio.to_thread(broker.fetch, queues, room, settings.lease, consumer_id)
-                except ConveyorError as exc:
-                    log.error("fetch failed: %s; retrying in 1s", exc)
-                    await asyncio.sleep(1.0)
-                    continue
-            with runner.lock:
-                runner.held.update((lease.job_id, lease) for lease in leases)
-            for lease in leases:
-                inflight.add(asyncio.ensure_future(run_one(lease)))
-            if inflight:
-                finished, _ = await asyncio.wait(inflight, timeout=0.05 if len(inflight) < concurrency else None,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                collect(finished)
-                await flush()
-            else:
-                await flush()
-                await asyncio.to_thread(broker.wait, queues, 0.5)
-        if inflight:
-            finished, _ = await asyncio.wait(inflight)
-            collect(finished)
-        await flush()
-
-    try:
-        asyncio.run(main())
-    finally:
-        _sign_off(beat, broker, consumer_id)
-    return EXIT_STOPPED
