@@ -88,7 +88,8 @@ def test_malformed_messages_in_the_store_fail_with_a_reason_and_the_worker_survi
     unknown = _insert_raw(db, "no.such.task", orjson.dumps({"args": [], "kwargs": {}}))
     misfit = _insert_raw(db, "add", orjson.dumps({"args": ["one"], "kwargs": {"c": 3}}))
 
-    worker = project.worker("-c", "1")
+    # A job for an unknown task fails at once here (by default it waits for a worker that has it).
+    worker = project.worker("-c", "1", env={"CONVEYOR_UNKNOWN_TASK_TIMEOUT": "0"})
     (child,) = worker.children()
 
     expected = {bad_json: "MalformedMessage", not_an_object: "MalformedMessage", unknown: "UnknownTask",

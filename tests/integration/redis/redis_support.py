@@ -130,10 +130,11 @@ class Project:
             os.environ.update(saved)
         return app
 
-    def worker(self, *flags: str) -> Worker:
+    def worker(self, *flags: str, env: dict[str, str] | None = None) -> Worker:
         log = self.folder / f"worker{len(self.workers)}.log"
+        extra = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        env.update(CONVEYOR_URL=self.url, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+        env.update(CONVEYOR_URL=self.url, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", **extra)
         with log.open("wb") as out:
             proc = subprocess.Popen([*CONVEYOR, "worker", "tasks:app", *flags], cwd=self.folder, env=env,
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -149,7 +149,8 @@ def test_malformed_values_placed_in_a_queue_fail_with_a_reason(project: Project)
     client.zadd(f"{base}:prios", {"0": 0})
     client.sadd(f"{prefix}:queues", "default")
     client.close()
-    worker = project.worker("-c", "1", "--lease", "2")
+    # A job for an unknown task fails at once here (by default it waits for a worker that has it).
+    worker = project.worker("-c", "1", "--lease", "2", env={"CONVEYOR_UNKNOWN_TASK_TIMEOUT": "0"})
     good = project.enqueue("noop", 7)
     wait_for(lambda: project.record(good).state == "succeeded", 20.0, "the good job to succeed")
     errors = {}
