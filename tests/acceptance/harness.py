@@ -254,13 +254,13 @@ class Project:
         env.update(extra or {})
         return env
 
-    def worker(self, *flags: str, env: dict[str, str] | None = None) -> Worker:
-        """Start ``conveyor worker tasks:app --lease 2 FLAGS`` (give ``-c``) and wait until all its
-        consumers have reported a heartbeat, i.e. they are fetching."""
+    def worker(self, *flags: str, env: dict[str, str] | None = None, app: str = "tasks:app") -> Worker:
+        """Start ``conveyor worker APP --lease 2 FLAGS`` (give ``-c``; APP is ``tasks:app`` unless
+        given) and wait until all its consumers have reported a heartbeat, i.e. they are fetching."""
         n = len(self.workers)
         out, err = self.folder / f"worker{n}.out", self.folder / f"worker{n}.err"
         with out.open("wb") as fout, err.open("wb") as ferr:
-            proc = subprocess.Popen([*CONVEYOR, "worker", "tasks:app", "--lease", "2", *flags],
+            proc = subprocess.Popen([*CONVEYOR, "worker", app, "--lease", "2", *flags],
                                     cwd=self.folder, env=self.environ(env), stdout=fout, stderr=ferr,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         worker = Worker(proc, out, err)

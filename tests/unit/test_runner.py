@@ -183,8 +183,7 @@ def test_unknown_task_is_handed_back_uncounted_for_a_worker_that_has_it(
     assert (record.state, record.attempts) == ("scheduled", 0)  # uncounted
 
     # A worker that has the task takes it once the back-off has passed, and runs it normally.
-    other = Conveyor("memory://")
-    other.broker = app.broker
+    other = Conveyor("memory://")  # only its task registry is used: the runner gets app's broker
 
     @other.task(name="other_app.resize")
     def resize() -> str:

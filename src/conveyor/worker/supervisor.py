@@ -184,8 +184,9 @@ class Supervisor:
             signal.signal(signal.SIGTERM, self._signal)
             signal.signal(signal.SIGINT, self._signal)
         s = self.settings
-        log.info("conveyor worker %s: %s pool x %d, queues %s, broker %s", self.id, s.pool, s.concurrency,
-                 ",".join(self.queues), s.url.split("://", 1)[0] + "://")
+        log.info("conveyor worker %s: %s pool x %d, queues %s, %s", self.id, s.pool, s.concurrency,
+                 ",".join(self.queues), s.where())
+        self._check_neighbours()
         for i in range(self._size()):
             self._spawn(i)
         next_maintenance = next_prune = 0.0
@@ -215,6 +216,35 @@ class Supervisor:
             self.stopping.wait(0.1)
         return self._shutdown()
 
+    def _check_neighbours(self) -> None:
+        """Warn once when workers with other task sets consume one of our queues: a job for a task
+        only they have will be handed back by us until one of them takes it (and the reverse)."""
+        try:
+            others = [w for w in self.broker.workers() if w.supervisor != self.id and w.tasks]
+        except ConveyorError:
+            return
+        mine = set(self.app.tasks)
+        differ: dict[str, tuple[set[str], set[str], set[str]]] = {}  # supervisor -> (queues, theirs, ours)
+        for w in others:
+            shared = set(w.queues) & set(self.queues)
+            if not shared or set(w.tasks) == mine:
+                continue
+            key = w.supervisor or w.id
+            queues, theirs, ours = differ.setdefault(key, (set(), set(), set()))
+            queues |= shared
+            theirs |= set(w.tasks) - mine
+            ours |= mine - set(w.tasks)
+        for key, (queues, theirs, ours) in sorted(differ.items()):
+            parts = []
+            if theirs:
+                parts.append(f"it has {_names(theirs)} that this worker lacks")
+            if ours:
+                parts.append(f"it lacks {_names(ours)}")
+            log.warning("queue(s) %s shared with worker %s whose tasks differ: %s. Jobs for a task one of "
+                        "you lacks are handed back until a worker that has it takes them (they fail after "
+                        "unknown_task_timeout=%gs)", ",".join(sorted(queues)), key, "; ".join(parts),
+                        self.settings.unknown_task_timeout)
+
     def stop(self) -> None:
         """Ask for a graceful shutdown (what SIGTERM does)."""
         self.stopping.set()
@@ -241,6 +271,11 @@ class Supervisor:
         self.broker.close()
         log.info("conveyor worker %s stopped", self.id)
         return 0
+
+
+def _names(tasks: set[str], most: int = 5) -> str:
+    shown = ", ".join(sorted(tasks)[:most])
+    return shown + (f" and {len(tasks) - most} more" if len(tasks) > most else "")
 
 
 def run_worker(app: Conveyor, settings: Settings | None = None, queues: Sequence[str] | None = None) -> int:
