@@ -25,9 +25,10 @@ __all__ = [
     "format_timestamp",
     "is_reserved",
     "relative_time",
-    "shown_progress",
+    "run_time",
     "short_id",
     "short_task",
+    "shown_progress",
 ]
 
 
@@ -47,7 +48,7 @@ def format_duration(seconds: float | None, empty: str = "") -> str:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s"
-    whole = int(round(seconds))
+    whole = round(seconds)
     if whole < 3600:
         return f"{whole // 60} min {whole % 60:02d} s"
     if whole < 86400:
@@ -76,9 +77,13 @@ def relative_time(value: float | None, now: float | None = None, empty: str = ""
 
 
 def short_id(job_id: str, length: int = 8) -> str:
-    """The first ``length`` characters of a job id: enough to tell jobs apart on one screen, and
-    accepted wherever the full id is (as a unique prefix) by the command line."""
-    return job_id[:length]
+    """The last ``length`` characters of a job id: enough to tell jobs apart on one screen, and
+    accepted wherever the full id is by the command line (as is a unique prefix).
+
+    The end, not the start: ids are UUIDv7, whose first 12 hex digits are the creation time in
+    milliseconds, so jobs enqueued within a minute share their first 8 characters; the last ones
+    are random."""
+    return job_id[-length:]
 
 
 def short_task(name: str, width: int = 28) -> str:
@@ -148,11 +153,16 @@ def _failed_attempt(job: JobRecord) -> int | None:
     return None
 
 
+def run_time(job: JobRecord, now: float | None = None) -> float | None:
+    """How long the job ran (so far, while it runs): None when it has not started."""
+    if job.started_at is None:
+        return None
+    return (job.finished_at if job.finished_at is not None else (now or time.time())) - job.started_at
+
+
 def summary(job: JobRecord, now: float | None = None) -> dict[str, Any]:
     """A job's one-line summary as plain values (the jobs lists of the CLI and the dashboard)."""
-    run = None
-    if job.started_at is not None:
-        run = (job.finished_at if job.finished_at is not None else (now or time.time())) - job.started_at
+    run = run_time(job, now)
     return {
         "id": short_id(job.id), "task": short_task(job.task), "queue": job.queue, "state": display_state(job),
         "attempts": job.attempts, "duration": format_duration(run),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from web_support import TOKEN, Browser, csrf_of, make_app, settle
+from web_support import TOKEN, Browser, csrf_of, make_app, settle, start
 from werkzeug.test import Client
 
 from conveyor import Conveyor
@@ -75,6 +75,7 @@ def run_job(app: Conveyor) -> Callable[..., str]:
     def run(queue: str = "default", state: str = "succeeded", result: Any = None,
             error: dict[str, Any] | None = None, progress: float | None = None) -> str:
         (lease,) = app.broker.fetch([queue], 1, 30.0, "test-consumer")
+        start(app, lease)
         if progress is not None:
             app.broker.progress(lease.job_id, lease.token, progress, "working")
         if state != "running":

@@ -9,10 +9,14 @@ from werkzeug.test import Client, TestResponse
 
 from conveyor import Conveyor
 from conveyor.brokers import Lease, Outcome, WorkerInfo
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.brokers.sqlite import SQLiteBroker
 
 TOKEN = "test-token-0123456789"
 XSS = "<script>alert(1)</script>"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
+#: A task name too long for the jobs list (shortened there, in full in its title).
+LONG_TASK = "conveyor_tests.media.thumbnails.generate_thumbnail"
 
 
 def make_app(url: str) -> Conveyor:
@@ -29,6 +33,10 @@ def make_app(url: str) -> Conveyor:
     @app.task(name=XSS, queue=XSS, retries=0)
     def evil(text: str) -> str:
         return text
+
+    @app.task(name=LONG_TASK, retries=0)
+    def thumbnail(path: str) -> str:
+        return path
 
     return app
 
@@ -57,3 +65,42 @@ def worker(app: Conveyor, current: list[str] | None = None, hostname: str = "hos
                       started_at=app.broker.clock() - 90, current=current or [], rss=50 * 2**20, processed=7)
     app.broker.heartbeat(info)
     return info
+
+
+def start(app: Conveyor, lease: Lease) -> None:
+    """Mark a leased job as really started (what a worker does when the task begins)."""
+    try:
+        app.broker.mark_started([(lease.job_id, lease.token, app.broker.clock())])
+    except NotImplementedError:  # a broker that still stamps started_at when it hands the job out
+        pass
+
+
+def reserve(app: Conveyor, queue: str = "default") -> Lease:
+    """Lease the next job of ``queue`` without starting it: a *reserved* job (running, no
+    ``started_at``). A broker that still stamps ``started_at`` when it hands a job out (before
+    issue #10) has it cleared here, in its own storage, so these tests hold either way."""
+    (lease,) = app.broker.fetch([queue], 1, 30.0, "test-consumer")
+    record = app.broker.get(lease.job_id)
+    assert record is not None
+    if record.started_at is not None:
+        broker = app.broker
+        if isinstance(broker, MemoryBroker):
+            broker._jobs[lease.job_id].started_at = None
+        elif isinstance(broker, SQLiteBroker):
+            broker._connect().execute("UPDATE conveyor_jobs SET started_at = NULL WHERE id = ?", (lease.job_id,))
+        else:
+            raise AssertionError(f"cannot make a reserved job on {type(broker).__name__}")
+    return lease
+
+
+def fail_once(app: Conveyor, queue: str = "default", *, retry_in: float = -1.0,
+              error: dict[str, Any] | None = None) -> Lease:
+    """Run the next job of ``queue`` and fail the attempt with a retry ``retry_in`` seconds from
+    now (in the past by default: it can be fetched again at once)."""
+    (lease,) = app.broker.fetch([queue], 1, 30.0, "test-consumer")
+    start(app, lease)
+    now = app.broker.clock()
+    failure = error or {"type": "TimeoutError", "message": "the CDN was slow"}
+    assert app.broker.ack([Outcome(lease.job_id, lease.token, "scheduled", error=failure, run_at=now + retry_in,
+                                   started_at=now - 0.2, finished_at=now)]) == [True]
+    return lease

@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..app import Conveyor
-from ..brokers import STATES, JobRecord
-from ..errors import ConveyorError, InvalidArguments, JobNotFound, PayloadTooLarge
+from ..brokers import STATES, JobPage, JobRecord
+from ..errors import ConveyorError, InvalidArguments, JobNotFound, PayloadTooLarge, UnknownTask
+from ..presentation import display_state, is_reserved
 
 #: Jobs a bulk action touches at most per request (call again for the rest).
 BULK_LIMIT = 10_000
@@ -22,6 +23,10 @@ MAX_NAME = 200
 MAX_STATS_BUCKETS = 1440
 ENQUEUE_FIELDS = frozenset({"task", "args", "kwargs", "queue", "priority", "delay", "key"})
 BULK_ACTIONS = ("retry", "cancel", "delete")
+#: What the ``state`` filter takes: a stored state, or ``reserved`` (running, not started yet).
+FILTER_STATES = (*STATES, "reserved")
+#: Running jobs a ``reserved`` filter reads at most per page it answers, in at most so many reads.
+RESERVED_SCAN, RESERVED_READS = 5_000, 50
 QUEUE_ACTIONS = ("pause", "resume", "purge")
 
 
@@ -31,11 +36,13 @@ class Problem(Exception):
     status = 400
     title = "Bad Request"
 
-    def __init__(self, detail: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None):
+    def __init__(self, detail: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None,
+                 extra: Mapping[str, Any] | None = None):
         super().__init__(detail)
         self.detail = detail
         self.field = field
         self.errors = errors
+        self.extra = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "about:blank", "title": self.title, "status": self.status,
@@ -44,11 +51,15 @@ class Problem(Exception):
             out["field"] = self.field
         if self.errors is not None:
             out["errors"] = self.errors
-        return out
+        return {**out, **self.extra}
 
 
 class BadRequest(Problem):
     status, title = 400, "Bad Request"
+
+
+class Forbidden(Problem):
+    status, title = 403, "Forbidden"
 
 
 class NotFound(Problem):
@@ -104,7 +115,7 @@ def parse_int(value: str | None, name: str, default: int, low: int, high: int) -
     return number
 
 
-def _name(value: Any, name: str, *, required: bool = False) -> str | None:
+def parse_name(value: Any, name: str, *, required: bool = False) -> str | None:
     if value is None or value == "":
         if required:
             raise Unprocessable(f"{name} is required", field=name)
@@ -129,18 +140,41 @@ class JobFilter:
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> JobFilter:
-        state = _name(values.get("state"), "state")
-        if state is not None and state not in STATES:
-            raise Unprocessable(f"state must be one of {', '.join(STATES)}, not {state!r}", field="state")
-        return cls(state=state, queue=_name(values.get("queue"), "queue"), task=_name(values.get("task"), "task"),
-                   search=_name(values.get("search"), "search"), since=parse_time(values.get("since"), "since"),
-                   until=parse_time(values.get("until"), "until"))
+        state = parse_name(values.get("state"), "state")
+        if state is not None and state not in FILTER_STATES:
+            raise Unprocessable(f"state must be one of {', '.join(FILTER_STATES)}, not {state!r}", field="state")
+        return cls(state=state, queue=parse_name(values.get("queue"), "queue"),
+                   task=parse_name(values.get("task"), "task"), search=parse_name(values.get("search"), "search"),
+                   since=parse_time(values.get("since"), "since"), until=parse_time(values.get("until"), "until"))
 
     def is_empty(self) -> bool:
         return all(v is None for v in asdict(self).values())
 
     def as_query(self) -> dict[str, str]:
         return {k: (str(v) if not isinstance(v, float) else repr(v)) for k, v in asdict(self).items() if v is not None}
+
+
+def search(app: Conveyor, filters: JobFilter, limit: int, cursor: str | None = None) -> JobPage:
+    """One page of the jobs matching ``filters``, newest first. ``reserved`` is not a stored
+    state: its jobs are read among the running ones (few: what workers hold), asking each time
+    for no more than the page still lacks, so that the cursor never skips one."""
+    if filters.state != "reserved":
+        return app.broker.search_jobs(state=filters.state, queue=filters.queue, task=filters.task,
+                                      search=filters.search, since=filters.since, until=filters.until,
+                                      limit=limit, cursor=cursor)
+    found: list[JobRecord] = []
+    scanned = reads = 0
+    while len(found) < limit and scanned < RESERVED_SCAN and reads < RESERVED_READS:
+        reads += 1
+        page = app.broker.search_jobs(state="running", queue=filters.queue, task=filters.task,
+                                      search=filters.search, since=filters.since, until=filters.until,
+                                      limit=limit - len(found), cursor=cursor)
+        found += [r for r in page.jobs if is_reserved(r)]
+        scanned += len(page.jobs)
+        cursor = page.cursor
+        if cursor is None:
+            break
+    return JobPage(found, cursor)
 
 
 def decode(app: Conveyor, data: bytes | None) -> Any:
@@ -160,7 +194,8 @@ def job_summary(r: JobRecord) -> dict[str, Any]:
             "attempts": r.attempts, "max_attempts": r.max_attempts, "created_at": r.created_at,
             "run_at": r.run_at, "started_at": r.started_at, "finished_at": r.finished_at,
             "progress": r.progress, "progress_message": r.progress_message,
-            "cancel_requested": r.cancel_requested, "error": error}
+            "cancel_requested": r.cancel_requested, "error": error,
+            "reserved": is_reserved(r), "display_state": display_state(r)}
 
 
 def job_detail(app: Conveyor, r: JobRecord) -> dict[str, Any]:
@@ -190,11 +225,13 @@ def enqueue(app: Conveyor, body: Any, idempotency_key: str | None = None) -> tup
     if unknown:
         raise Unprocessable(f"unknown field {unknown[0]!r}; known: {', '.join(sorted(ENQUEUE_FIELDS))}",
                             field=unknown[0])
-    name = _name(body.get("task"), "task", required=True)
+    name = parse_name(body.get("task"), "task", required=True)
     assert name is not None
     task = app.tasks.get(name)
     if task is None:
-        raise NotFound(f"unknown task {name!r}: no task is registered under that name", field="task")
+        unknown_task = UnknownTask(name, app.tasks)
+        raise NotFound(str(unknown_task), field="task",
+                       extra={"known": unknown_task.known, "suggestion": unknown_task.suggestion})
     args = body.get("args", [])
     if args is None:
         args = []
@@ -206,7 +243,7 @@ def enqueue(app: Conveyor, body: Any, idempotency_key: str | None = None) -> tup
     if not isinstance(kwargs, dict):
         raise Unprocessable("kwargs must be a JSON object", field="kwargs")
     options: dict[str, Any] = {}
-    queue = _name(body.get("queue"), "queue")
+    queue = parse_name(body.get("queue"), "queue")
     if queue is not None:
         options["queue"] = queue
     priority = body.get("priority")
@@ -220,7 +257,7 @@ def enqueue(app: Conveyor, body: Any, idempotency_key: str | None = None) -> tup
                 or not 0 <= delay <= 10 * 365 * 86400):
             raise Unprocessable("delay must be a number of seconds >= 0", field="delay")
         options["delay"] = float(delay)
-    key = _name(body.get("key"), "key")
+    key = parse_name(body.get("key"), "key")
     if idempotency_key is not None:
         if not idempotency_key or len(idempotency_key) > MAX_NAME:
             raise Unprocessable(f"Idempotency-Key must be 1..{MAX_NAME} characters", field="Idempotency-Key")
@@ -249,10 +286,8 @@ def list_jobs(app: Conveyor, query: Mapping[str, Any]) -> dict[str, Any]:
     """``GET /api/jobs``: newest first, filtered, one page; ``cursor`` continues."""
     filters = JobFilter.parse(query)
     limit = parse_int(query.get("limit"), "limit", 50, 1, 500)
-    cursor = _name(query.get("cursor"), "cursor")
-    page = app.broker.search_jobs(state=filters.state, queue=filters.queue, task=filters.task,
-                                  search=filters.search, since=filters.since, until=filters.until,
-                                  limit=limit, cursor=cursor)
+    cursor = parse_name(query.get("cursor"), "cursor")
+    page = search(app, filters, limit, cursor)
     return {"jobs": [job_summary(r) for r in page.jobs], "cursor": page.cursor}
 
 
@@ -315,9 +350,7 @@ def bulk(app: Conveyor, body: Any) -> dict[str, Any]:
                                 field="filter")
         cursor: str | None = None
         while len(targets) < BULK_LIMIT:
-            page = app.broker.search_jobs(state=filters.state, queue=filters.queue, task=filters.task,
-                                          search=filters.search, since=filters.since, until=filters.until,
-                                          limit=min(500, BULK_LIMIT - len(targets)), cursor=cursor)
+            page = search(app, filters, min(500, BULK_LIMIT - len(targets)), cursor)
             targets += [r.id for r in page.jobs]
             cursor = page.cursor
             if cursor is None:
@@ -348,13 +381,16 @@ def bulk(app: Conveyor, body: Any) -> dict[str, Any]:
 
 # -- queues, workers, stats ---------------------------------------------------------------------------
 def list_queues(app: Conveyor) -> dict[str, Any]:
-    """``GET /api/queues``: every queue (the app's own too, when empty), depth by state, paused."""
+    """``GET /api/queues``: every queue (the app's own too, when empty), depth by state, paused.
+    ``counts.reserved`` is the part of ``counts.running`` that has not started yet."""
     infos = {q.name: q for q in app.broker.queues()}
+    reserved = app.broker.reserved_counts()
     names = sorted(set(infos) | set(app.queues))
     out = []
     for name in names:
         info = infos.get(name)
         counts = {s: (info.counts.get(s, 0) if info else 0) for s in STATES}
+        counts["reserved"] = min(reserved.get(name, 0), counts["running"])
         out.append({"name": name, "paused": bool(info and info.paused), "counts": counts,
                     "depth": counts["queued"] + counts["scheduled"]})
     return {"queues": out}
@@ -363,7 +399,7 @@ def list_queues(app: Conveyor) -> dict[str, Any]:
 def queue_action(app: Conveyor, name: str, action: str, body: Any = None) -> dict[str, Any]:
     """``POST /api/queues/{name}/pause|resume|purge`` (purge: queued and scheduled jobs, or
     ``{"states": [...]}``; running jobs are never deleted)."""
-    _name(name, "name", required=True)
+    parse_name(name, "name", required=True)
     if action == "pause":
         app.broker.pause(name)
         return {"name": name, "paused": True}
@@ -403,37 +439,5 @@ def stats(app: Conveyor, query: Mapping[str, Any]) -> dict[str, Any]:
     if (now - since) / bucket > MAX_STATS_BUCKETS:
         raise Unprocessable(f"since and bucket give more than {MAX_STATS_BUCKETS} buckets; widen the bucket",
                             field="bucket")
-    return {"since": since, "until": now, "bucket": bucket, "series": app.broker.stats(since, float(bucket))}
-
-
-# -- dashboard pages ----------------------------------------------------------------------------------
-def chart(rows: Sequence[Mapping[str, Any]], since: float, bucket: float, n: int, field: str,
-          width: float = 600.0, height: float = 120.0) -> dict[str, Any]:
-    """Bars of ``field`` (summed over queues) per bucket, as SVG geometry for the templates."""
-    totals = [0] * n
-    for row in rows:
-        i = int((row["bucket"] - since) // bucket)
-        if 0 <= i < n:
-            totals[i] += int(row[field])
-    peak = max(totals) or 1
-    step = width / n
-    bars = []
-    for i, value in enumerate(totals):
-        h = value / peak * (height - 4)
-        bars.append({"x": round(i * step, 2), "y": round(height - h, 2), "w": round(max(step - 1, 1), 2),
-                     "h": round(h, 2), "value": value, "at": since + i * bucket})
-    return {"bars": bars, "peak": max(totals), "total": sum(totals), "width": width, "height": height}
-
-
-def overview(app: Conveyor) -> dict[str, Any]:
-    """The Overview page: totals by state, charts of the last hour, queues and workers."""
-    now = app.broker.clock()
-    bucket, n = 60.0, 60
-    since = math.floor((now - bucket * (n - 1)) / bucket) * bucket
-    rows = app.broker.stats(since, bucket)
-    queues = list_queues(app)["queues"]
-    totals = {s: sum(q["counts"][s] for q in queues) for s in STATES}
-    return {"totals": totals, "queues": queues, "workers": list_workers(app)["workers"],
-            "throughput": chart(rows, since, bucket, n, "succeeded"),
-            "failures": chart(rows, since, bucket, n, "failed"),
-            "recent_failed": [job_summary(r) for r in app.broker.list_jobs(state="failed", limit=5).jobs]}
+    return {"since": since, "until": now, "bucket": bucket, "series": app.broker.stats(since, float(bucket)),
+            "reserved": {q: n for q, n in sorted(app.broker.reserved_counts().items()) if n}}

@@ -25,12 +25,17 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         broker = self.app.broker
         jobs = GaugeMetricFamily("conveyor_jobs", "Jobs in the store by queue and state.", labels=["queue", "state"])
+        reserved = GaugeMetricFamily("conveyor_jobs_reserved",
+                                     "Running jobs a worker holds that have not started yet (part of running).",
+                                     labels=["queue"])
         paused = GaugeMetricFamily("conveyor_queue_paused", "1 when the queue is paused.", labels=["queue"])
         for q in handlers.list_queues(self.app)["queues"]:
             for state in STATES:
                 jobs.add_metric([q["name"], state], q["counts"][state])
+            reserved.add_metric([q["name"]], q["counts"]["reserved"])
             paused.add_metric([q["name"]], 1.0 if q["paused"] else 0.0)
         yield jobs
+        yield reserved
         yield paused
 
         workers = broker.workers()

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from ..brokers import STATES
+from .handlers import FILTER_STATES
 from .routes import ROUTES, Route
 
 NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
@@ -23,6 +24,11 @@ JOB_SUMMARY = {
         "run_at": NUMBER_OR_NULL, "started_at": NUMBER_OR_NULL, "finished_at": NUMBER_OR_NULL,
         "progress": NUMBER_OR_NULL, "progress_message": STRING_OR_NULL, "cancel_requested": {"type": "boolean"},
         "error": ERROR,
+        "reserved": {"type": "boolean",
+                     "description": "Running in the store, but the task has not started: a worker holds it."},
+        "display_state": {"type": "string",
+                          "description": "The state as people should read it: `reserved`, `failed, retry at "
+                                         "HH:MM:SS` (UTC) for a failed attempt waiting for its retry, else `state`."},
     },
 }
 SCHEMAS: dict[str, Any] = {
@@ -31,7 +37,11 @@ SCHEMAS: dict[str, Any] = {
         "description": "An error (RFC 9457); field names the failing input.",
         "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                        "detail": {"type": "string"}, "field": {"type": "string"},
-                       "errors": {"type": "array", "items": {"type": "object"}}},
+                       "errors": {"type": "array", "items": {"type": "object"}},
+                       "known": {"type": "array", "items": {"type": "string"},
+                                 "description": "Unknown task: the registered task names."},
+                       "suggestion": {"type": ["string", "null"],
+                                      "description": "Unknown task: the nearest registered name, if any."}},
     },
     "EnqueueRequest": {
         "type": "object", "required": ["task"], "additionalProperties": False,
@@ -66,7 +76,7 @@ SCHEMAS: dict[str, Any] = {
             "action": {"type": "string", "enum": ["retry", "cancel", "delete"]},
             "ids": {"type": "array", "items": {"type": "string"}, "maxItems": 10000},
             "filter": {"type": "object", "properties": {
-                "state": {"type": "string", "enum": list(STATES)}, "queue": {"type": "string"},
+                "state": {"type": "string", "enum": list(FILTER_STATES)}, "queue": {"type": "string"},
                 "task": {"type": "string"}, "search": {"type": "string"},
                 "since": {"type": ["number", "string"]}, "until": {"type": ["number", "string"]}}},
         },
@@ -82,7 +92,9 @@ SCHEMAS: dict[str, Any] = {
     "Queue": {
         "type": "object", "required": ["name", "paused", "counts", "depth"],
         "properties": {"name": {"type": "string"}, "paused": {"type": "boolean"}, "depth": {"type": "integer"},
-                       "counts": {"type": "object", "additionalProperties": {"type": "integer"}}},
+                       "counts": {"type": "object", "additionalProperties": {"type": "integer"},
+                                  "description": "Jobs by state; `reserved` is the part of `running` that a "
+                                                 "worker holds but has not started."}},
     },
     "QueueList": {"type": "object", "required": ["queues"],
                   "properties": {"queues": {"type": "array", "items": {"$ref": "#/components/schemas/Queue"}}}},
@@ -112,6 +124,8 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"queue": {"type": "string"}, "bucket": {"type": "number"},
                                "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
                                "run_mean": NUMBER_OR_NULL, "run_p95": NUMBER_OR_NULL, "wait_mean": NUMBER_OR_NULL}}},
+            "reserved": {"type": "object", "additionalProperties": {"type": "integer"},
+                         "description": "Now, per queue: running jobs a worker holds that have not started."},
         },
     },
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..brokers import STATES
+from .handlers import FILTER_STATES
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class Route:
 
 
 FILTERS = (
-    Param("state", enum=STATES, description="Only jobs in this state."),
+    Param("state", enum=FILTER_STATES,
+          description="Only jobs in this state; `reserved`: running jobs that have not started yet."),
     Param("queue", description="Only jobs of this queue."),
     Param("task", description="Only jobs of this task (its registered name)."),
     Param("search", description="Text in the job's arguments or error (any case)."),

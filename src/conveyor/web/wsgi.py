@@ -8,25 +8,23 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime, timezone
 from importlib.resources import files
-from typing import Any, TypeAlias
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import orjson
-from jinja2 import Environment, PackageLoader, select_autoescape
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 from werkzeug.wrappers import Request, Response
 
 from ..app import Conveyor
-from ..brokers import STATES
 from ..config import SECRET_WORDS
 from ..errors import BrokerError
 from . import handlers, metrics, openapi
-from .auth import SESSION_COOKIE, Auth, Session, generate_token
+from .auth import SESSION_COOKIE, Auth, generate_token
 from .events import KINDS, EventPump, stream
-from .handlers import Problem
+from .handlers import Forbidden, Problem
+from .pages import DashboardPages, Identity, template_environment
 from .routes import ROUTES, Route
 
 log = logging.getLogger("conveyor.web")
@@ -43,48 +41,9 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 COMPRESSIBLE = ("text/", "application/json", "application/problem+json", "application/javascript", "image/svg+xml")
-STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "application/javascript; charset=utf-8",
-                ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
-# Who made a request: ("bearer", None) or ("session", Session).
-Identity: TypeAlias = "tuple[str, Session | None]"
 Handler = Callable[..., Response]
-
-
-def _ts(value: float | None) -> str:
-    if value is None:
-        return ""
-    return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} d"
-
-
-def _bytes(n: int | None) -> str:
-    if not n:
-        return ""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
-
-
-def _pretty(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=repr).decode()
 
 
 def secrets_of(app: Conveyor) -> list[bytes]:
@@ -104,7 +63,7 @@ def secrets_of(app: Conveyor) -> list[bytes]:
     return sorted((s.encode() for s in found if len(s) >= 4), key=len, reverse=True)
 
 
-class WSGIApplication:
+class WSGIApplication(DashboardPages):
     """The dashboard and HTTP API of one Conveyor app, as a WSGI application.
 
     Plain attributes tune it (set them before serving): ``sse_heartbeat`` (seconds between
@@ -128,10 +87,7 @@ class WSGIApplication:
         self.max_body = app.settings.max_payload * 2 + 65536
         self.url_map = Map([Rule(r.rule, methods=[r.method], endpoint=r.endpoint) for r in ROUTES])
         self.routes: dict[str, Route] = {r.endpoint: r for r in ROUTES}
-        self.jinja = Environment(loader=PackageLoader("conveyor.web", "templates"),
-                                 autoescape=select_autoescape(default=True, default_for_string=True),
-                                 trim_blocks=True, lstrip_blocks=True)
-        self.jinja.filters.update(ts=_ts, duration=_duration, bytes=_bytes, pretty=_pretty)
+        self.jinja = template_environment()
         self.pump = EventPump(app.broker.fork, interval=self.pump_interval)
         self.registry = metrics.registry_for(app)
         self.secrets = secrets_of(app)
@@ -303,26 +259,6 @@ class WSGIApplication:
             if close is not None:
                 close()
 
-    def render(self, request: Request, identity: Identity | None, template: str, status: int = 200,
-               **context: Any) -> Response:
-        adapter = self.url_map.bind_to_environ(request.environ)
-        csrf = ""
-        if identity is not None and identity[1] is not None:
-            csrf = self.auth.csrf_token(identity[1])
-
-        def url(endpoint: str, **values: Any) -> str:
-            return adapter.build(endpoint, {k: v for k, v in values.items() if v is not None and v != ""})
-
-        def static(name: str) -> str:
-            return adapter.build("static", {"filename": name, "v": self.static_version})
-
-        html = self.jinja.get_template(template).render(
-            url=url, static=static, csrf=csrf, partial=request.headers.get("X-Partial") == "1",
-            signed_in=identity is not None, here=request.full_path.rstrip("?")[len(request.script_root):] or "/",
-            root=request.script_root + "/", states=STATES,
-            events_from=request.environ.get("conveyor.events_from"), **context)
-        return Response(html, status=status, content_type="text/html; charset=utf-8")
-
     # -- reading input -------------------------------------------------------------------------------
     def body(self, request: Request) -> Any:
         """The JSON body (None when empty), or the form as a dict for form posts."""
@@ -422,85 +358,6 @@ class WSGIApplication:
 
     def on_metrics(self, request: Request, adapter: MapAdapter, identity: Identity) -> Response:
         return Response(metrics.render(self.registry), content_type=metrics.CONTENT_TYPE)
-
-    # -- pages ---------------------------------------------------------------------------------------
-    def on_page_overview(self, request: Request, adapter: MapAdapter, identity: Identity) -> Response:
-        return self.render(request, identity, "overview.html", page="overview", **handlers.overview(self.app))
-
-    def _jobs_page(self, request: Request, identity: Identity, page: str, query: Mapping[str, Any]) -> Response:
-        error = None
-        try:
-            data = handlers.list_jobs(self.app, query)
-            filters = handlers.JobFilter.parse(query)
-        except Problem as exc:
-            data, filters, error = {"jobs": [], "cursor": None}, handlers.JobFilter(), exc.body()
-        return self.render(request, identity, "jobs.html", status=422 if error else 200, page=page,
-                           jobs=data["jobs"], cursor=data["cursor"], filters=filters, query=dict(query),
-                           error=error, tasks=sorted(self.app.tasks),
-                           queues=[q["name"] for q in handlers.list_queues(self.app)["queues"]])
-
-    def on_page_jobs(self, request: Request, adapter: MapAdapter, identity: Identity) -> Response:
-        return self._jobs_page(request, identity, "jobs", request.args.to_dict())
-
-    def on_page_failed(self, request: Request, adapter: MapAdapter, identity: Identity) -> Response:
-        return self._jobs_page(request, identity, "failed", {**request.args.to_dict(), "state": "failed"})
-
-    def on_page_job(self, request: Request, adapter: MapAdapter, identity: Identity, id: str) -> Response:
-        job = handlers.get_job(self.app, id)
-        return self.render(request, identity, "job.html", page="jobs", job=job)
-
-    def on_page_queues(self, request: Request, adapter: MapAdapter, identity: Identity) -> Response:
-        return self.render(request, identity, "queues.html", page="queues", **handlers.list_queues(self.app))
-
-    def on_page_workers(self, request: Request, adapter: MapAdapter, identity: Identity) -> Response:
-        return self.render(request, identity, "workers.html", page="workers", **handlers.list_workers(self.app))
-
-    # -- login ---------------------------------------------------------------------------------------
-    def _safe_next(self, target: str | None) -> str:
-        if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-            return "/"
-        return target
-
-    def _login(self, request: Request, adapter: MapAdapter, candidate: str | None, target: str | None) -> Response:
-        if not self.auth.check_token(candidate):
-            return self.render(request, None, "login.html", status=401, page="login", failed=True,
-                               next=self._safe_next(target))
-        response = self.redirect(request.script_root + self._safe_next(target))
-        response.set_cookie(SESSION_COOKIE, self.auth.open_session(), max_age=self.auth.max_age,
-                            path=(request.script_root or "") + "/", httponly=True, samesite="Lax",
-                            secure=request.is_secure)
-        return response
-
-    def on_login_form(self, request: Request, adapter: MapAdapter, identity: Identity | None) -> Response:
-        if "token" in request.args:
-            return self._login(request, adapter, request.args.get("token"), request.args.get("next"))
-        return self.render(request, identity, "login.html", page="login", failed=False,
-                           next=self._safe_next(request.args.get("next")))
-
-    def on_login(self, request: Request, adapter: MapAdapter, identity: Identity | None) -> Response:
-        if not self.same_origin(request):
-            raise Forbidden("the request comes from another origin", field="Origin")
-        return self._login(request, adapter, request.form.get("token"), request.form.get("next"))
-
-    def on_logout(self, request: Request, adapter: MapAdapter, identity: Identity | None) -> Response:
-        if identity is None:
-            raise handlers.Problem("not logged in")
-        self.check_mutation(request, identity)
-        response = self.redirect(adapter.build("login_form"))
-        response.delete_cookie(SESSION_COOKIE, path=(request.script_root or "") + "/")
-        return response
-
-    def on_static(self, request: Request, adapter: MapAdapter, filename: str) -> Response:
-        data = self.static.get(filename)
-        if data is None:
-            return self.problem(request, 404, "Not Found", f"no static file {filename!r}")
-        ctype = STATIC_TYPES.get(os.path.splitext(filename)[1], "application/octet-stream")
-        cache = "public, max-age=31536000, immutable" if request.args.get("v") else "public, max-age=300"
-        return Response(data, content_type=ctype, headers={"Cache-Control": cache})
-
-
-class Forbidden(Problem):
-    status, title = 403, "Forbidden"
 
 
 def create_app(app: Conveyor, *, token: str | None = None, secret: str | None = None) -> WSGIApplication:
