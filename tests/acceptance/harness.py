@@ -111,6 +111,11 @@ def nap(seconds: float) -> int:
     return os.getpid()
 
 
+@app.task(name="unencodable", retries=0)
+def unencodable() -> object:
+    return object()  # a result JSON cannot store
+
+
 @app.task(name="whoami")
 def whoami() -> int:
     return os.getpid()
