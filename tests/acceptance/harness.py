@@ -116,6 +116,13 @@ def unencodable() -> object:
     return object()  # a result JSON cannot store
 
 
+@app.task(name="stamped_nap")
+def stamped_nap(seconds: float) -> float:
+    started = time.time()
+    time.sleep(seconds)
+    return started
+
+
 @app.task(name="whoami")
 def whoami() -> int:
     return os.getpid()
