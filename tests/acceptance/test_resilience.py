@@ -63,13 +63,15 @@ def test_no_job_is_lost_when_a_pool_process_is_killed_during_a_drain(project: Pr
 
 def test_sigterm_finishes_the_running_job_hands_back_the_rest_and_exits_0(project: Project) -> None:
     # Quick jobs first: once the consumer has seen how short they are it leases the rest in one
-    # batch, so the jobs behind the slow one are held by it when SIGTERM comes.
+    # batch. Fair dispatch hands back the jobs behind the slow one at once (an idle sibling could
+    # start them), so they are not held when SIGTERM comes.
     quick = [project.app.enqueue("add", [i, 1], priority=9) for i in range(5)]
     slow = project.app.enqueue("nap", [1.5], priority=5)
     waiting = [project.app.enqueue("add", [i, i]) for i in range(3)]
     worker = project.worker("-c", "1", "--grace", "5")
     project.wait_state(slow.id, "running", timeout=10)
-    assert all(project.app.broker.get(job.id).consumer for job in waiting), "not leased with the slow job"
+    wait_for(lambda: all(project.app.broker.get(job.id).consumer is None for job in waiting), 1.0,
+             "the jobs behind the slow one to be handed back")
 
     sent = time.monotonic()
     worker.signal(signal.SIGTERM)
@@ -84,6 +86,24 @@ def test_sigterm_finishes_the_running_job_hands_back_the_rest_and_exits_0(projec
         r = job.refresh().record
         assert (r.state, r.attempts, r.consumer, r.history) == ("queued", 0, None, [])
     assert "finishing running jobs" in worker.stderr()
+    assert "Traceback" not in worker.stderr()
+
+
+def test_sigterm_hands_back_the_leased_jobs_not_started_uncounted(project: Project) -> None:
+    jobs = project.app.get_task("ledger").enqueue_many([(i,) for i in range(300)])  # 10 ms each
+    worker = project.worker("-c", "1", "--grace", "5")
+    wait_for(lambda: len(project.lines("ledger.log")) >= 40, 15, "40 jobs to run")  # now leased in batches
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit(10) == 0
+
+    records = [project.app.broker.get(job.id) for job in jobs]
+    ran = set(project.lines("ledger.log"))
+    assert all(r is not None for r in records)
+    assert {r.id for r in records if r.state == "succeeded"} == ran
+    rest = [r for r in records if r.state != "succeeded"]
+    assert rest, "the drain ended before SIGTERM"
+    assert {(r.state, r.attempts, r.consumer) for r in rest} == {("queued", 0, None)}
     assert "Traceback" not in worker.stderr()
 
 
