@@ -7,6 +7,7 @@ Content-Security-Policy (the ``context`` fixture watches every page of the brows
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def test_the_job_page_follows_its_job_live(page: Any, dashboard: Dashboard) -> N
     mark_page(page)
     assert_progress_moved(watch_progress(page, "#job", "succeeded"))
     expect(page.locator("#job-result")).to_have_text("8")
-    expect(page.locator("#progress-message")).to_have_text("step 8 of 8")
+    expect(page.locator("#progress-message")).to_have_text("")  # done: 100 %, not its last message
     assert_same_document(page)
 
 
@@ -249,6 +250,17 @@ def test_every_page_renders_without_errors(page: Any, dashboard: Dashboard, scre
         wait_live(page)
         page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
         page.context.watch.assert_clean()
+    page.goto(dashboard.href("/jobs"))
+    added = page.locator(f'tr[data-job-id="{ids["add"]}"]')
+    expect(added.locator("time")).to_have_text(re.compile(r"^(just now|\d+ (s|min) ago)$"))
+    expect(added.locator("time")).to_have_attribute("title", re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"))
+    expect(added.locator("td.num").first).to_have_text(re.compile(r"^\d+(\.\d+)? m?s$"))  # how long it ran
+    expect(page.locator(f'tr[data-job-id="{ids["needs_fix"]}"] .error-text')).to_be_visible()
+    page.goto(dashboard.href("/failed"))
+    expect(page.locator('#jobs-table')).to_be_visible()
+    expect(page.locator('button[data-action="cancel"]')).to_have_count(0)  # dead letters: retry or delete
+    expect(page.locator('#bulk-filter-form button[data-action="retry"]')).to_have_text("Retry all")
+    expect(page.locator('#bulk-filter-form button[data-action="delete"]')).to_have_text("Delete all")
     page.goto(dashboard.href(f"/jobs/{ids['needs_fix']}"))
     expect(page.locator("#job-traceback")).to_be_visible()
     wait_live(page)
@@ -257,6 +269,15 @@ def test_every_page_renders_without_errors(page: Any, dashboard: Dashboard, scre
     expect(page.locator("#job")).to_have_attribute("data-state", "running")
     page.screenshot(path=str(screenshots / "job-running.png"), full_page=True)
     page.context.watch.assert_clean()
+
+
+def assert_state_column_in_view(page: Any) -> None:
+    """Every row's state badge is inside the phone's viewport, without scrolling sideways."""
+    boxes = page.evaluate("""() => Array.from(document.querySelectorAll("#jobs-table tr[data-job-id] .state"))
+                               .map((el) => { const r = el.getBoundingClientRect(); return [r.left, r.right]; })""")
+    assert boxes, "no job rows"
+    for left, right in boxes:
+        assert left >= 0 and right <= PHONE["width"], f"a state badge spans {left:.0f}..{right:.0f}px"
 
 
 def test_a_phone_gets_the_nav_and_tables_without_sideways_scrolling(chromium: Any, dashboard: Dashboard,
@@ -275,6 +296,8 @@ def test_a_phone_gets_the_nav_and_tables_without_sideways_scrolling(chromium: An
                 expect(page.locator(f"#nav-{link}")).to_be_in_viewport()
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= PHONE["width"] + 1, f"{path} is {width}px wide on a {PHONE['width']}px phone"
+            if name in ("jobs", "failed"):
+                assert_state_column_in_view(page)
             if name in ("overview", "jobs"):
                 page.screenshot(path=str(screenshots / f"phone-{name}.png"), full_page=name == "jobs")
             context.watch.assert_clean()

@@ -9,8 +9,6 @@ from werkzeug.test import Client, TestResponse
 
 from conveyor import Conveyor
 from conveyor.brokers import Lease, Outcome, WorkerInfo
-from conveyor.brokers.memory import MemoryBroker
-from conveyor.brokers.sqlite import SQLiteBroker
 
 TOKEN = "test-token-0123456789"
 XSS = "<script>alert(1)</script>"
@@ -69,27 +67,14 @@ def worker(app: Conveyor, current: list[str] | None = None, hostname: str = "hos
 
 def start(app: Conveyor, lease: Lease) -> None:
     """Mark a leased job as really started (what a worker does when the task begins)."""
-    try:
-        app.broker.mark_started([(lease.job_id, lease.token, app.broker.clock())])
-    except NotImplementedError:  # a broker that still stamps started_at when it hands the job out
-        pass
+    app.broker.mark_started([(lease.job_id, lease.token, app.broker.clock())])
 
 
 def reserve(app: Conveyor, queue: str = "default") -> Lease:
-    """Lease the next job of ``queue`` without starting it: a *reserved* job (running, no
-    ``started_at``). A broker that still stamps ``started_at`` when it hands a job out (before
-    issue #10) has it cleared here, in its own storage, so these tests hold either way."""
+    """Lease the next job of ``queue`` without starting it: a *reserved* job (running, no ``started_at``)."""
     (lease,) = app.broker.fetch([queue], 1, 30.0, "test-consumer")
     record = app.broker.get(lease.job_id)
-    assert record is not None
-    if record.started_at is not None:
-        broker = app.broker
-        if isinstance(broker, MemoryBroker):
-            broker._jobs[lease.job_id].started_at = None
-        elif isinstance(broker, SQLiteBroker):
-            broker._connect().execute("UPDATE conveyor_jobs SET started_at = NULL WHERE id = ?", (lease.job_id,))
-        else:
-            raise AssertionError(f"cannot make a reserved job on {type(broker).__name__}")
+    assert record is not None and record.state == "running" and record.started_at is None
     return lease
 
 
