@@ -192,7 +192,7 @@ def test_the_jobs_list_shows_durations_relative_times_and_short_task_names(brows
     assert re.search(r'<time datetime="[^"]+Z" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">(just now|\d+ s ago)</time>',
                      listed), listed
     assert f'title="{LONG_TASK}"' in listed
-    assert ">c.m.thumbnails.generate_thumbnail<" in listed or ">c.m.t.generate_thumbnail<" in listed
+    assert ">c.m.t.generate_thumbnail<" in listed
 
 
 # -- the HTTP API's unknown task ---------------------------------------------------------------------
