@@ -6,47 +6,36 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import datetime, timezone
 from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
 
+from . import listing
 from .app import Conveyor
 from .brokers import STATES, JobRecord
 from .config import load_settings, redact_url
 from .errors import ConveyorError
+from .loading import find_job
+from .loading import load_app as _load_app
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def load_app(spec: str) -> Conveyor:
-    """Import ``module:attribute`` (the current folder is importable) and return the Conveyor app."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name:
-        raise click.BadParameter(f"{spec!r} is not module:attribute (e.g. myapp.jobs:app)", param_hint="APP")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from None
-    if attr:
-        app = getattr(module, attr, None)
-    else:
-        found = [v for v in vars(module).values() if isinstance(v, Conveyor)]
-        app = found[0] if len(found) == 1 else None
-    if not isinstance(app, Conveyor):
-        raise click.BadParameter(f"{spec!r} is not a Conveyor app", param_hint="APP")
+    """Load APP (see :func:`conveyor.loading.load_app`); warn when ``--url`` cannot apply to it."""
+    app = _load_app(spec)
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    given = root.params.get("url") if root is not None else None
+    if root is not None and given and root.get_parameter_source("url") is click.core.ParameterSource.COMMANDLINE \
+            and app.settings.sources().get("url") == "argument" and app.settings.url != given:
+        click.echo(f"Warning: {spec} names its own URL ({redact_url(app.settings.url)}) in its code; "
+                   "--url does not change it", err=True)
     return app
-
-
-def _ts(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _record_dict(app: Conveyor, r: JobRecord) -> dict[str, Any]:
@@ -115,13 +104,45 @@ class _Group(click.Group):
             sys.exit(1)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog="APP is module:attribute (e.g. myapp.jobs:app), imported from the current folder. "
+                    "Shell completion: see docs/cli.md (eval \"$(_CONVEYOR_COMPLETE=bash_source conveyor)\").")
+@click.option("--url", envvar="CONVEYOR_URL", show_envvar=True, metavar="URL",
+              help="Broker URL (sqlite:///conveyor.db, redis://host:6379/0...) for apps that do not name one in "
+                   "their code (Conveyor() reads CONVEYOR_URL).")
 @click.version_option(package_name="conveyor")
-def main() -> None:
-    """Conveyor: background jobs for Python web applications."""
+def main(url: str | None) -> None:
+    """Conveyor: background jobs for Python web applications.
+
+    \b
+    Examples:
+      conveyor worker myapp.jobs:app -c 4
+      conveyor --url redis://127.0.0.1:6379/0 jobs myapp.jobs:app --state failed
+      conveyor demo
+    """
+    if url:  # read by Conveyor() when the app module is imported, and by worker processes
+        os.environ["CONVEYOR_URL"] = url
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+
+
+@contextmanager
+def _errors_said_once() -> Iterator[None]:
+    """While the worker first connects, an error the broker logs is the one the command then
+    reports (as its ``Error:`` line and exit status): keep the log from saying it first, and
+    differently (a Redis link logs "reconnecting with back-off" for a failure that ends the start)."""
+    def said_again(record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.name.startswith("conveyor.brokers"))
+
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(said_again)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(said_again)
 
 
 @main.command()
@@ -136,15 +157,34 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
               help="Most jobs leased per fetch (fewer when jobs are slow, so no member hoards them).")
 @click.option("--lease", type=click.FloatRange(min=0.5), help="Lease seconds (extended by heartbeat).")
 @click.option("--log-level", "-l", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def worker(app_spec: str, **flags: Any) -> None:
-    """Run a worker pool for APP until SIGTERM/SIGINT."""
+@click.option("--reload", is_flag=True,
+              help="For development: restart the worker when a .py file under the current folder changes "
+                   "(needs watchfiles: pip install 'conveyor[reload]').")
+def worker(app_spec: str, reload: bool, **flags: Any) -> None:
+    """Run a worker pool for APP until SIGTERM/SIGINT.
+
+    If the broker cannot be reached at start, the worker exits at once with one error line and
+    status 2 (a service manager restarts it); once running, it rides out outages with back-off.
+
+    \b
+    Examples:
+      conveyor worker myapp.jobs:app
+      conveyor worker myapp.jobs:app -c 8 -P thread -Q mail,default
+      conveyor worker myapp.jobs:app --reload      # development
+    """
+    if reload:
+        from .reloader import run_with_reload
+
+        argv = [a for a in sys.argv[1:] if a != "--reload"]
+        sys.exit(run_with_reload([sys.executable, "-m", "conveyor.cli", *argv], os.getcwd()))
     from .worker.supervisor import Supervisor
 
     app = load_app(app_spec)
     settings = app.settings.replace("argument", **flags)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
-    app.open()  # a bad database path is reported here, before any process starts
+    with _errors_said_once():
+        app.open()  # a bad database path or an unreachable server is reported here, before any process starts
     sys.exit(Supervisor(app, settings).run())
 
 
@@ -164,11 +204,20 @@ def _json_argument(text: str, name: str) -> Any:
 @click.option("--priority", type=int)
 @click.option("--delay", type=click.FloatRange(min=0), help="Seconds before the job may run.")
 @click.option("--key", help="Unique key: no second active job with the same key.")
-@click.option("--wait", "wait", type=float, default=None, help="Wait up to N seconds for the result.")
+@click.option("--wait", "wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Wait up to SECONDS for the job to end and print its result; exit 1 if it has not ended "
+                   "by then (the job goes on), 2 if it failed.")
 @json_option
 def enqueue(app_spec: str, task: str, args_json: str, kwargs_json: str, as_json: bool,
             wait: float | None, **options: Any) -> None:
-    """Enqueue TASK with ARGS_JSON (a JSON array, or an object of keyword arguments)."""
+    """Enqueue TASK with ARGS_JSON (a JSON array, or an object of keyword arguments).
+
+    \b
+    Examples:
+      conveyor enqueue myapp.jobs:app send_email '["ann@example.com"]'
+      conveyor enqueue myapp.jobs:app transcode '{"path": "in.mov"}' --priority 9
+      conveyor enqueue myapp.jobs:app add '[2, 3]' --wait 10
+    """
     app = load_app(app_spec)
     args: Any = _json_argument(args_json, "ARGS_JSON")
     kwargs: Any = _json_argument(kwargs_json, "--kwargs")
@@ -200,34 +249,31 @@ def enqueue(app_spec: str, task: str, args_json: str, kwargs_json: str, as_json:
 @json_option
 def jobs(app_spec: str, state: str | None, queue: str | None, task: str | None, limit: int,
          cursor: str | None, as_json: bool) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first.
+
+    The id column shows short ids (the end of each id); every command that takes a job id accepts
+    them, as it does any unique start of an id. State "reserved": a worker holds the job but has
+    not started it yet.
+
+    \b
+    Examples:
+      conveyor jobs myapp.jobs:app
+      conveyor jobs myapp.jobs:app --state failed --queue media
+      conveyor jobs myapp.jobs:app --json | jq '.jobs[].id'
+    """
     app = load_app(app_spec)
     page = app.broker.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
     if as_json:
         _emit_json({"jobs": [_record_dict(app, r) for r in page.jobs], "cursor": page.cursor})
         return
-    from rich.table import Column, Table
-
-    table = Table(Column("id", no_wrap=True, min_width=36), "task", "queue", "state", "attempts", "created",
-                  "progress", "error")
-    from rich.console import Group
-    from rich.progress_bar import ProgressBar
-
     console = _console()
-    for r in page.jobs:
-        progress: Any = ""
-        if r.progress is not None:
-            label = _plain(f"{r.progress:.0%}")
-            # A bar where a terminal can draw one; the percentage alone in a pipe or a log.
-            progress = Group(ProgressBar(total=1.0, completed=r.progress, width=12), label) \
-                if console.is_terminal else label
-        stale = r.error is None or r.state == "succeeded"  # a succeeded job's error is an earlier attempt's
-        error = "" if stale or r.error is None else f"{r.error.get('type')}: {r.error.get('message', '')}"[:60]
-        table.add_row(*map(_plain, (r.id, r.task, r.queue, r.state, f"{r.attempts}/{r.max_attempts}",
-                                    _ts(r.created_at))), progress, _plain(error))
-    console.print(table)
+    if not page.jobs:
+        filters = ", ".join(f"{k} {v}" for k, v in (("state", state), ("queue", queue), ("task", task)) if v)
+        console.print("no jobs match" + (f" ({filters})" if filters else ""), highlight=False)
+        return
+    console.print(listing.jobs_table(page.jobs, console.width))
     if page.cursor:
-        console.print(f"more: --cursor {page.cursor}")
+        console.print(f"more: --cursor {page.cursor}", highlight=False)
 
 
 @main.command()
@@ -235,61 +281,58 @@ def jobs(app_spec: str, state: str | None, queue: str | None, task: str | None, 
 @click.argument("job_id")
 @json_option
 def job(app_spec: str, job_id: str, as_json: bool) -> None:
-    """Show one job: arguments, state, attempts, result or error with traceback."""
+    """Show one job: arguments, state, attempts, result or error with traceback.
+
+    JOB_ID is a full id, a unique start of one, or the short id that `conveyor jobs` shows.
+
+    \b
+    Examples:
+      conveyor job myapp.jobs:app 5e1c9a07
+      conveyor job myapp.jobs:app 01a237d2-5ebf-7097-8ea8-ce179d278d00 --json
+    """
     app = load_app(app_spec)
-    record = app.get_job(job_id).record
+    record = find_job(app.broker, job_id)
     data = _record_dict(app, record)
     if as_json:
         _emit_json(data)
         return
-    from rich.text import Text
-
-    # Job data is printed as text, never read as rich markup: "[/]" in an error must not break it.
-    console = _console()
-
-    def line(name: str, value: Any) -> None:
-        shown = orjson.dumps(value, default=str).decode() if isinstance(value, (dict, list)) else str(value)
-        console.print(Text(f"{name:>12} ", style="bold"), Text(shown), highlight=False)
-
-    for name in ("id", "task", "queue", "state", "priority", "key", "attempts", "max_attempts", "timeout"):
-        line(name, data[name])
-    for name in ("created_at", "run_at", "started_at", "finished_at"):
-        line(name, _ts(data[name]))
-    line("arguments", data["payload"])
-    if record.progress is not None:
-        line("progress", f"{record.progress:.0%} {record.progress_message or ''}")
-    if record.state == "succeeded":
-        line("result", data["result"])
-    for entry in record.history:
-        err = entry.get("error") or {}
-        line("attempt", f"#{entry.get('attempt')} {entry.get('state')} at {_ts(entry.get('at'))}: "
-                        f"{err.get('type')}: {err.get('message')}")
-    if record.error and record.error.get("traceback"):
-        console.print(Text(record.error["traceback"]), highlight=False)
+    listing.print_job(_console(), record, data)
 
 
 @main.command()
 @click.argument("app_spec", metavar="APP")
 @click.argument("job_id")
 def retry(app_spec: str, job_id: str) -> None:
-    """Run a failed or cancelled job again."""
+    """Run a failed or cancelled job again (JOB_ID: full, unique start, or short id).
+
+    \b
+    Example:
+      conveyor retry myapp.jobs:app 5e1c9a07
+    """
     app = load_app(app_spec)
+    found = find_job(app.broker, job_id).id
     try:
-        state = app.broker.retry(job_id)
+        state = app.broker.retry(found)
     except ValueError as exc:
         _fail(str(exc))
-    click.echo(f"{job_id} {state}")
+    click.echo(f"{found} {state}")
 
 
 @main.command()
 @click.argument("app_spec", metavar="APP")
 @click.argument("job_id")
 def cancel(app_spec: str, job_id: str) -> None:
-    """Cancel a job (a running job is asked to stop)."""
+    """Cancel a job (a running job is asked to stop). JOB_ID: full, unique start, or short id.
+
+    \b
+    Example:
+      conveyor cancel myapp.jobs:app 5e1c9a07
+    """
     app = load_app(app_spec)
-    state = app.broker.cancel(job_id)
+    found = find_job(app.broker, job_id).id
+    state = app.broker.cancel(found)
     note = " (cancellation requested; the task stops at its next check)" if state == "running" else ""
-    click.echo(f"{job_id} {state}{note}")
+    click.echo(f"{found} {state}{note}")
 
 
 @main.command()
@@ -298,7 +341,16 @@ def cancel(app_spec: str, job_id: str) -> None:
 @click.option("--resume", "resume", metavar="QUEUE", help="Resume this queue.")
 @json_option
 def queues(app_spec: str, pause: str | None, resume: str | None, as_json: bool) -> None:
-    """Queues with their depth, running, failed and paused state."""
+    """Queues with their jobs by state, and whether they are paused.
+
+    "reserved" jobs are held by a worker that has not started them yet; "running" ones are executing
+    (in --json, "running" counts both and "reserved" says how many of them are reserved).
+
+    \b
+    Examples:
+      conveyor queues myapp.jobs:app
+      conveyor queues myapp.jobs:app --pause media
+    """
     app = load_app(app_spec)
     if pause:
         app.broker.pause(pause)
@@ -310,16 +362,40 @@ def queues(app_spec: str, pause: str | None, resume: str | None, as_json: bool) 
             from .brokers import QueueInfo
 
             infos[name] = QueueInfo(name, False, dict.fromkeys(STATES, 0))
+    reserved = app.broker.reserved_counts()
     rows = [infos[n] for n in sorted(infos)]
     if as_json:
-        _emit_json([asdict(q) for q in rows])
+        _emit_json([{**asdict(q), "reserved": reserved.get(q.name, 0)} for q in rows])
         return
-    from rich.table import Table
+    console = _console()
+    console.print(listing.queues_table(rows, reserved, console.width))
 
-    table = Table("queue", "queued", "scheduled", "running", "succeeded", "failed", "cancelled", "paused")
-    for q in rows:
-        table.add_row(_plain(q.name), *(str(q.counts.get(s, 0)) for s in STATES), "yes" if q.paused else "")
-    _console().print(table)
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+@json_option
+def workers(app_spec: str, as_json: bool) -> None:
+    """Workers heard from in the last minute: host, pid, pool, and the jobs each is running now.
+
+    One row per pool member (a process, a thread or an event loop); PID is the member's process.
+
+    \b
+    Example:
+      conveyor workers myapp.jobs:app
+    """
+    app = load_app(app_spec)
+    found = sorted(app.broker.workers(), key=lambda w: (w.hostname, w.supervisor or "", w.pid, w.id))
+    running = [job_id for w in found for job_id in w.current]
+    records = {r.id: r for r in app.broker.get_many(running) if r is not None} if running else {}
+    if as_json:
+        _emit_json([{**asdict(w), "running": [{"id": i, "task": records[i].task if i in records else None}
+                                              for i in w.current]} for w in found])
+        return
+    console = _console()
+    if not found:
+        console.print("no workers heard from in the last minute", highlight=False)
+        return
+    console.print(listing.workers_table(found, {i: r.task for i, r in records.items()}, console.width))
 
 
 @main.command()
@@ -329,7 +405,13 @@ def queues(app_spec: str, pause: str | None, resume: str | None, as_json: bool) 
               help="States to delete (repeatable; default queued and scheduled).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def purge(app_spec: str, queue: str | None, states: tuple[str, ...], yes: bool) -> None:
-    """Delete waiting jobs (or jobs in the given states). Running jobs are never deleted."""
+    """Delete waiting jobs (or jobs in the given states). Running jobs are never deleted.
+
+    \b
+    Examples:
+      conveyor purge myapp.jobs:app --queue media
+      conveyor purge myapp.jobs:app --state failed --yes
+    """
     app = load_app(app_spec)
     states = states or ("queued", "scheduled")
     where = f"queue {queue!r}" if queue else "every queue"
@@ -340,10 +422,18 @@ def purge(app_spec: str, queue: str | None, states: tuple[str, ...], yes: bool) 
 
 
 @main.command()
-@click.argument("app_spec", metavar="APP", required=False)
+@click.argument("app_spec", metavar="[APP]", required=False)
 @json_option
 def config(app_spec: str | None, as_json: bool) -> None:
-    """Effective settings and where each came from (flag, environment, file, default)."""
+    """Effective settings and where each came from (flag, environment, file, default).
+
+    With APP, the app's own settings (including what its code passes to Conveyor()).
+
+    \b
+    Examples:
+      conveyor config
+      conveyor config myapp.jobs:app --json
+    """
     settings = load_app(app_spec).settings if app_spec else load_settings()
     values, sources = settings.as_dict(), settings.sources()
     values["url"] = redact_url(values["url"])
@@ -352,12 +442,10 @@ def config(app_spec: str | None, as_json: bool) -> None:
     if as_json:
         _emit_json({k: {"value": values[k], "source": sources[k]} for k in values})
         return
-    from rich.table import Table
-
-    table = Table("setting", "value", "source")
-    for k in values:
-        table.add_row(k, _plain(repr(values[k])), _plain(sources[k]))
-    _console().print(table)
+    console = _console()
+    rows = [[k, repr(values[k]), sources[k]] for k in values]
+    console.print(listing.fit([listing.Col("setting"), listing.Col("value", 16, give=1, wrap=True),
+                               listing.Col("source", 8, wrap=True)], rows, console.width))
 
 
 @main.command()
@@ -365,11 +453,19 @@ def config(app_spec: str | None, as_json: bool) -> None:
 @click.option("--jobs", "n_jobs", type=click.IntRange(1, 10_000), default=24, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the database from an earlier demo.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Dashboard port on 127.0.0.1 (0: any free port).")
+              help="Dashboard port on 127.0.0.1 (taken: another free port is used, and said; 0: any free port).")
 @click.option("--serve/--no-serve", default=None,
-              help="Keep the dashboard running after the jobs end (default: when run in a terminal).")
+              help="Keep the dashboard running after the jobs end, until Ctrl-C (default: when run in a terminal).")
 def demo(db: str, n_jobs: int, keep: bool, port: int, serve: bool | None) -> None:
-    """Start a worker and the dashboard on a fresh SQLite database, enqueue sample jobs, watch them."""
+    """Start a worker and the dashboard on a fresh SQLite database, enqueue sample jobs, watch them.
+
+    Exits 0 when every job ended as expected (one sample task always fails, on purpose), else 1.
+
+    \b
+    Examples:
+      conveyor demo
+      conveyor demo --jobs 120 --port 8080 --serve
+    """
     from .demo import run_demo
 
     sys.exit(run_demo(db, n_jobs, keep, port=port, serve=serve))

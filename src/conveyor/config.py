@@ -58,6 +58,18 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{query}{fragment}"
 
 
+def describe_url(url: str) -> str:
+    """``url`` for a log line or a banner: the password hidden (:func:`redact_url`), and a relative
+    SQLite path made absolute, so that it names the very file (``sqlite:////srv/app/conveyor.db``)."""
+    from urllib.parse import quote, unquote
+
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rest, mark, query = url[len("sqlite:///"):].partition("?")
+        if rest and rest != ":memory:":
+            url = "sqlite:///" + quote(os.path.abspath(unquote(rest))) + mark + query
+    return redact_url(url)
+
+
 def _cpus() -> int:
     return os.cpu_count() or 2
 
@@ -92,6 +104,12 @@ class Settings:
     def sources(self) -> dict[str, str]:
         """Where each setting came from: ``default``, a file path, ``env CONVEYOR_X`` or ``argument``."""
         return {f.name: self._sources.get(f.name, "default") for f in fields(self) if not f.name.startswith("_")}
+
+    def where(self) -> str:
+        """Where jobs are kept, for the worker's banner: ``broker URL`` (and ``, store URL``), each
+        with its password hidden and a SQLite file's absolute path."""
+        shown = f"broker {describe_url(self.url)}"
+        return shown + (f", store {describe_url(self.store)}" if self.store else "")
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as plain values."""

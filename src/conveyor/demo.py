@@ -2,17 +2,59 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from .presentation import display_state, shown_progress
+
 APP = "conveyor.demo_tasks:app"
-STATE_STYLE = {"queued": "white", "scheduled": "cyan", "running": "yellow", "succeeded": "green",
-               "failed": "red", "cancelled": "magenta"}
+STATE_STYLE = {"queued": "white", "scheduled": "cyan", "reserved": "bright_black", "running": "yellow",
+               "succeeded": "green", "failed": "red", "cancelled": "magenta"}
+#: Lines of a terminal the live view leaves to what is printed above and below the table.
+CHROME = 9
+
+
+class DemoRunning(Exception):
+    """Another demo holds the database (its path and the other demo's pid are in the message)."""
+
+
+@contextmanager
+def _only_demo(path: str) -> Iterator[None]:
+    """Hold ``PATH.lock`` for the demo's life, so that a second demo on the same file is refused
+    before it deletes anything (the lock goes with the process, however it ends)."""
+    with open(path + ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            lock.seek(0)
+            pid = lock.read().strip() or "?"
+            raise DemoRunning(f"another conveyor demo (pid {pid}) is running on {path}: wait for it to end, "
+                              "or give this one its own file with --db other.db") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+def _count(records: list[Any]) -> dict[str, int]:
+    """Jobs per shown state (``reserved`` apart from ``running``; a failed attempt waiting for its
+    retry counts as ``failed``)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        state = display_state(r).split(",")[0]
+        counts[state] = counts.get(state, 0) + 1
+    return counts
 
 
 def _enqueue_samples(n: int) -> list[Any]:
@@ -32,47 +74,87 @@ def _enqueue_samples(n: int) -> list[Any]:
     return jobs
 
 
-def _table(records: list[Any]) -> Any:
+def _activity(r: Any) -> tuple[int, float]:
+    """Newest first: jobs executing now, then by their latest change (finish, start, creation)."""
+    when = r.finished_at or r.started_at or r.created_at or 0.0
+    return (0 if r.state == "running" else 1, -when)
+
+
+def _table(records: list[Any], width: int = 80, height: int | None = None) -> Any:
+    """The jobs as a table no wider than ``width``; with ``height`` (a live view), no taller: the
+    newest rows, and a count by state of those left out."""
     from rich.progress_bar import ProgressBar
     from rich.table import Table
+    from rich.text import Text
 
+    shown, rest = records, []
+    if height is not None and len(records) > max(1, height - CHROME):
+        ordered = sorted(records, key=_activity)
+        keep = max(1, height - CHROME)
+        shown, rest = ordered[:keep], ordered[keep:]
     table = Table(title="conveyor demo: jobs", expand=False)
-    for col in ("task", "queue", "state", "try", "progress", "note"):
-        table.add_column(col)
-    for r in records:
-        fraction = r.progress if r.progress is not None else (1.0 if r.state == "succeeded" else 0.0)
+    for col in ("task", "queue", "state", "try", "progress"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("note")  # the one column narrowed to fit (its cells are cut, never wrapped)
+    bar = 20 if width >= 100 else 10
+    for r in shown:
+        fraction, message = shown_progress(r)
         note = ""
         if r.error and r.state in ("failed", "scheduled"):
             note = f"{r.error.get('type')}: {r.error.get('message', '')}"[:48]
-        elif r.progress_message and r.state == "running":
-            note = r.progress_message
+        elif message and r.state == "running":
+            note = message
         elif r.state == "scheduled":
             note = f"runs in {max(0.0, (r.run_at or 0) - time.time()):.1f}s"
-        table.add_row(r.task.rsplit(".", 1)[-1], r.queue, f"[{STATE_STYLE[r.state]}]{r.state}[/]",
-                      f"{r.attempts}/{r.max_attempts}", ProgressBar(total=1.0, completed=fraction, width=20), note)
-    return table
+        state = display_state(r)
+        style = STATE_STYLE.get(state, STATE_STYLE[r.state])
+        table.add_row(r.task.rsplit(".", 1)[-1], r.queue, f"[{style}]{state}[/]", f"{r.attempts}/{r.max_attempts}",
+                      ProgressBar(total=1.0, completed=fraction or 0.0, width=bar),
+                      Text(note, no_wrap=True, overflow="ellipsis"))
+    if not rest:
+        return table
+    from rich.console import Group
+
+    more = f"and {len(rest)} more: " + ", ".join(f"{n} {k}" for k, n in sorted(_count(rest).items()))
+    return Group(table, Text(more, no_wrap=True, overflow="ellipsis"))
 
 
-def _start_dashboard(app: Any, port: int) -> tuple[Any, str, Any]:
+def _start_dashboard(app: Any, port: int, console: Any) -> tuple[Any, str, Any]:
+    from .web.auth import generate_token
     from .web.command import serve_in_thread
 
+    # A token of our own (or the configured one): the web app then has none to announce, and the
+    # login URL is printed once, below.
+    token = os.environ.get("CONVEYOR_WEB_TOKEN") or generate_token()
     try:
-        return serve_in_thread(app, "127.0.0.1", port)
+        return serve_in_thread(app, "127.0.0.1", port, token=token)
     except OSError:  # the port is taken: any free one will do
-        return serve_in_thread(app, "127.0.0.1", 0)
+        started = serve_in_thread(app, "127.0.0.1", 0, token=token)
+        console.print(f"port {port} is taken: the dashboard uses port {started[0].port} instead", highlight=False)
+        return started
 
 
 def run_demo(db: str, n_jobs: int = 24, keep: bool = False, port: int = 8000,
              serve: bool | None = None) -> int:
-    """Run the demo; returns the exit code (0 when every job ended as expected).
+    """Run the demo; returns the exit code (0 when every job ended as expected, 2 when another demo
+    runs on the same database).
 
-    The dashboard runs on 127.0.0.1 for the demo's length; with ``serve`` (default: when stdin is a
-    terminal) it stays up after the jobs end, until Ctrl-C.
+    The dashboard runs on 127.0.0.1 for the demo's length; with ``serve`` (default: when stdin and
+    stdout are a terminal) it stays up after the jobs end, until Ctrl-C.
     """
     from rich.console import Console
 
     console = Console()
     path = os.path.abspath(db)
+    try:
+        with _only_demo(path):
+            return _run(console, path, n_jobs, keep, port, serve)
+    except DemoRunning as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(console: Any, path: str, n_jobs: int, keep: bool, port: int, serve: bool | None) -> int:
     if not keep:
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
@@ -83,9 +165,14 @@ def run_demo(db: str, n_jobs: int = 24, keep: bool = False, port: int = 8000,
 
     demo_tasks.app.open()
     log_path = os.path.splitext(path)[0] + ".log"
-    console.print(f"[bold]Conveyor demo[/] — database {path}, worker log {log_path}")
-    server, login_url, web_app = _start_dashboard(demo_tasks.app, port)
+    if serve is None:
+        serve = sys.stdin.isatty() and console.is_terminal
+    console.print(f"[bold]Conveyor demo[/] — database {path}, worker log {log_path}", soft_wrap=True)
+    server, login_url, web_app = _start_dashboard(demo_tasks.app, port, console)
     console.print(f"[bold]Dashboard:[/] {login_url}", soft_wrap=True)
+    if not serve:
+        console.print("The dashboard stops when the demo ends (not run in a terminal); to keep it up until "
+                      "Ctrl-C, run: conveyor demo --serve", soft_wrap=True, highlight=False)
     with open(log_path, "w") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "conveyor.cli", "worker", APP, "--concurrency", "2", "--grace", "10"],
@@ -106,11 +193,14 @@ def run_demo(db: str, n_jobs: int = 24, keep: bool = False, port: int = 8000,
         if console.is_terminal:
             from rich.live import Live
 
-            with Live(_table(records), console=console, refresh_per_second=8) as live:
+            def view() -> Any:
+                return _table(records, console.width, console.height)
+
+            with Live(view(), console=console, refresh_per_second=8, vertical_overflow="crop") as live:
                 while not done() and time.monotonic() < deadline and worker.poll() is None:
                     time.sleep(0.15)
                     records = [r for r in broker.get_many(ids) if r is not None]
-                    live.update(_table(records))
+                    live.update(view())
         else:
             last = 0.0
             while not done() and time.monotonic() < deadline and worker.poll() is None:
@@ -118,11 +208,8 @@ def run_demo(db: str, n_jobs: int = 24, keep: bool = False, port: int = 8000,
                 records = [r for r in broker.get_many(ids) if r is not None]
                 if time.monotonic() - last > 1.0:
                     last = time.monotonic()
-                    states: dict[str, int] = {}
-                    for r in records:
-                        states[r.state] = states.get(r.state, 0) + 1
-                    console.print(" ".join(f"{k}={v}" for k, v in sorted(states.items())))
-            console.print(_table(records))
+                    console.print(" ".join(f"{k}={v}" for k, v in sorted(_count(records).items())))
+            console.print(_table(records, console.width))
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -137,21 +224,21 @@ def run_demo(db: str, n_jobs: int = 24, keep: bool = False, port: int = 8000,
     console.print(f"worker exited with code {worker.returncode}")
     exe = os.path.join(os.path.dirname(sys.executable), "conveyor")
     exe = os.path.relpath(exe) if exe.startswith(os.getcwd() + os.sep) else exe
-    env = f"CONVEYOR_URL={url}"
     console.print("Look around:", soft_wrap=True)
     for line in (f"jobs {APP} --state failed", f"queues {APP}", f"job {APP} <id>"):
-        console.print(f"  {env} {exe} {line}", soft_wrap=True, markup=False, highlight=False)
+        console.print(f"  {exe} --url {url} {line}", soft_wrap=True, markup=False, highlight=False)
     expected_failed = sum(1 for r in records if r.task.endswith("replicate"))
     ok = (done() and counts.get("failed", 0) == expected_failed and worker.returncode == 0)
     if not ok:
         console.print(f"[red]the demo did not end as expected[/] (see {log_path})")
-    if serve is None:
-        serve = sys.stdin.isatty() and console.is_terminal
     try:
         if serve:
             console.print(f"The dashboard stays up at {login_url} — press Ctrl-C to stop.", soft_wrap=True)
             while True:
                 time.sleep(3600)
+        else:
+            console.print("The dashboard has stopped; `conveyor demo --serve` keeps it up after the jobs end.",
+                          soft_wrap=True, highlight=False)
     except KeyboardInterrupt:
         pass
     finally:
