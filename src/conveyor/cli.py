@@ -157,10 +157,12 @@ def _errors_said_once() -> Iterator[None]:
               help="Most jobs leased per fetch (fewer when jobs are slow, so no member hoards them).")
 @click.option("--lease", type=click.FloatRange(min=0.5), help="Lease seconds (extended by heartbeat).")
 @click.option("--log-level", "-l", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--quiet", "-q", is_flag=True,
+              help="No line per finished job (retries, failures and worker events are still logged).")
 @click.option("--reload", is_flag=True,
               help="For development: restart the worker when a .py file under the current folder changes "
                    "(needs watchfiles: pip install 'conveyor[reload]').")
-def worker(app_spec: str, reload: bool, **flags: Any) -> None:
+def worker(app_spec: str, reload: bool, quiet: bool, **flags: Any) -> None:
     """Run a worker pool for APP until SIGTERM/SIGINT.
 
     If the broker cannot be reached at start, the worker exits at once with one error line and
@@ -181,8 +183,11 @@ def worker(app_spec: str, reload: bool, **flags: Any) -> None:
 
     app = load_app(app_spec)
     settings = app.settings.replace("argument", **flags)
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    from .worker.logs import JOB_LOGGER, WorkerLogHandler
+
+    WorkerLogHandler(sys.stderr).install(settings.log_level.upper())
+    if quiet:
+        logging.getLogger(JOB_LOGGER).setLevel(logging.WARNING)
     with _errors_said_once():
         app.open()  # a bad database path or an unreachable server is reported here, before any process starts
     sys.exit(Supervisor(app, settings).run())

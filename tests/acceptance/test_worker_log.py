@@ -43,3 +43,28 @@ def test_log_level_warning_silences_the_per_job_lines(project: Project) -> None:
     project.wait_state(fail.id, "failed")
     log = worker.wait_log(f"job {fail.id} (fail_fast) attempt 1/1 failed after")
     assert job.id not in log
+
+
+def test_quiet_drops_the_per_job_lines_and_keeps_failures(project: Project) -> None:
+    worker = project.worker("-c", "1", "--quiet")
+    job = project.app.get_task("add").enqueue(1, 2)
+    assert job.result(timeout=10) == 3
+    fail = project.app.get_task("fail_fast").enqueue("on purpose")
+    project.wait_state(fail.id, "failed")
+    log = worker.wait_log(f"job {fail.id} (fail_fast) attempt 1/1 failed after")
+    assert job.id not in log
+    assert "conveyor worker" in log  # the banner: worker events are still logged
+
+
+def test_per_job_lines_keep_their_order_with_other_lines(project: Project) -> None:
+    worker = project.worker("-c", "1")
+    add, fail = project.app.get_task("add"), project.app.get_task("fail_fast")
+    first = add.enqueue(1, 1)
+    assert first.result(timeout=10) == 2
+    failed = fail.enqueue("between")
+    project.wait_state(failed.id, "failed")
+    last = add.enqueue(2, 2)
+    assert last.result(timeout=10) == 4
+    log = worker.wait_log(f"job {last.id} (add)")
+    positions = [log.index(f"job {j.id} ") for j in (first, failed, last)]
+    assert positions == sorted(positions), log

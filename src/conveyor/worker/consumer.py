@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..brokers import Broker, Lease, Outcome, WorkerInfo
 from ..errors import ConveyorError
+from .logs import flush_job_lines
 from .runner import ACK_BATCH, ACK_DELAY, EXIT_RECYCLE, EXIT_STOPPED, Acker, Heartbeat, Runner, rss_bytes
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ def _sign_off(beat: Heartbeat, broker: Broker, consumer_id: str) -> None:
     """A consumer's last words: stop its heartbeat and remove its worker record."""
     beat.done.set()
     beat.join(timeout=2)
+    flush_job_lines()
     try:
         broker.unregister(consumer_id)
     except ConveyorError:

@@ -25,6 +25,7 @@ from ..errors import ConveyorError, InvalidArguments, Retry, SerializationError
 from ..job import CurrentJob, _current
 from ..presentation import format_duration
 from .dispatch import FETCH_AHEAD, RunTimes
+from .logs import flush_job_lines, job_line, job_log
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
     from .pools import Slot
 
 log = logging.getLogger("conveyor.worker")
-#: One line per finished job (INFO; ``--quiet`` or a higher log level silences it).
-job_log = logging.getLogger("conveyor.worker.jobs")
 
 EXIT_STOPPED = 0
 EXIT_RECYCLE = 3
@@ -316,8 +315,8 @@ class Runner:
         if outcome.state in ("succeeded", "cancelled") and self.log_jobs:
             began, ended = outcome.started_at, outcome.finished_at
             took = format_duration(ended - began) if began is not None and ended is not None else "?"
-            job_log.info("job %s (%s) attempt %d/%d %s in %s", lease.job_id, lease.task, lease.attempt,
-                         lease.max_attempts, outcome.state, took)
+            job_line(f"job {lease.job_id} ({lease.task}) attempt {lease.attempt}/{lease.max_attempts} "
+                     f"{outcome.state} in {took}")
 
     def _context(self, lease: Lease, state: _Running) -> CurrentJob:
         def report(fraction: float | None, message: str | None) -> None:
@@ -457,6 +456,7 @@ class Heartbeat(threading.Thread):
                 self.runner.flush_acks(older_than=ACK_DELAY)
                 self.runner.flush_marks()
                 self.runner.flush_progress()
+                flush_job_lines()
                 if now >= next_lease:
                     next_lease = now + lease_every
                     self.runner.beat()
