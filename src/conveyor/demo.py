@@ -165,14 +165,15 @@ def _run(console: Any, path: str, n_jobs: int, keep: bool, port: int, serve: boo
 
     demo_tasks.app.open()
     log_path = os.path.splitext(path)[0] + ".log"
+    why = "--no-serve" if serve is False else "not run in a terminal"
     if serve is None:
         serve = sys.stdin.isatty() and console.is_terminal
     console.print(f"[bold]Conveyor demo[/] — database {path}, worker log {log_path}", soft_wrap=True)
     server, login_url, web_app = _start_dashboard(demo_tasks.app, port, console)
     console.print(f"[bold]Dashboard:[/] {login_url}", soft_wrap=True)
     if not serve:
-        console.print("The dashboard stops when the demo ends (not run in a terminal); to keep it up until "
-                      "Ctrl-C, run: conveyor demo --serve", soft_wrap=True, highlight=False)
+        console.print(f"The dashboard stops when the demo ends ({why}); to keep it up until Ctrl-C, run: "
+                      "conveyor demo --serve", soft_wrap=True, highlight=False)
     with open(log_path, "w") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "conveyor.cli", "worker", APP, "--concurrency", "2", "--grace", "10"],
