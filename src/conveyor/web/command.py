@@ -98,7 +98,7 @@ def serve_in_thread(app: Conveyor, host: str = "127.0.0.1", port: int = 0,
               help="Server threads; each open live-update stream holds one.")
 def web(app_spec: str, host: str, port: int, token: str | None, threads: int) -> None:
     """Serve the dashboard and HTTP API of APP."""
-    from ..cli import load_app
+    from ..loading import load_app
 
     if not is_loopback(host) and not token:
         click.echo(f"Error: refusing to bind {host} (not loopback) without a token: "
