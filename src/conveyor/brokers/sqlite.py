@@ -3,11 +3,14 @@
 One database file in WAL mode holds jobs, queues and worker heartbeats. Writers take the lock with
 ``BEGIN IMMEDIATE`` and claim with ``UPDATE … RETURNING``, so two consumers never lease the same
 job. Commits are durable (``synchronous=FULL``) unless the URL says ``?synchronous=normal``.
-Idle consumers watch ``PRAGMA data_version``, which changes whenever another connection commits,
-so a new job is picked up within a millisecond or two without hammering the write lock.
+Idle consumers sleep on a Unix datagram socket in ``<db>-wake/``: every broker that commits work
+that may be ready (enqueue, hand-back, retry, resume, recovered leases) wakes the waiters of its
+database, so a new job is picked up at once at no idle cost. As the fallback, for writers that send
+no wake, a waiter also checks ``PRAGMA data_version`` (which changes whenever another connection
+commits) every ``poll`` seconds.
 
 URL: ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``; options as query parameters:
-``synchronous`` (full|normal), ``busy_timeout`` (seconds, default 30), ``poll`` (seconds, default 0.001).
+``synchronous`` (full|normal), ``busy_timeout`` (seconds, default 30), ``poll`` (seconds, default 0.5).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import orjson
 
 from ..errors import BrokerError, JobNotFound
 from . import Broker, Clock, Event, ExtendResult, JobPage, JobRecord, Lease, Message, Outcome, WorkerInfo
+from ._local_wake import Waiter, Waker, wake_folder
 from .memory import LOST_LEASE
 
 #: The change log keeps at most this many events, and none older than EVENT_AGE seconds.
@@ -78,7 +82,7 @@ class SQLiteBroker(Broker):
         self._synchronous = sync
         try:
             self._busy_timeout = float(options.get("busy_timeout", 30))
-            self.poll_interval = float(options.get("poll", 0.001))
+            self.poll_interval = float(options.get("poll", 0.5))
         except ValueError as exc:
             raise BrokerError(f"bad number in SQLite URL {url!r}: {exc}") from None
         self._conn: sqlite3.Connection | None = None
@@ -86,6 +90,9 @@ class SQLiteBroker(Broker):
         self._pid = os.getpid()
         self._seen_version = -1
         self._next_due: float | None = None
+        self.wake_folder = wake_folder(self.path)
+        self._waiter = Waiter(self.wake_folder)
+        self._waker = Waker(self.wake_folder)
 
     # -- connection --------------------------------------------------------------------------
     def open(self) -> None:
@@ -116,6 +123,8 @@ class SQLiteBroker(Broker):
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+            self._waiter.close()
+            self._waker.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -172,6 +181,7 @@ class SQLiteBroker(Broker):
                         found = conn.execute(Q["id_by_key"], (row[6],)).fetchone()
                         if found:
                             ids[row[0]] = found[0]
+        self._waker.wake()
         return [ids.get(m.id, m.id) for m in messages]
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
@@ -198,20 +208,19 @@ class SQLiteBroker(Broker):
         return [Lease(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]) for r in out]
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
-        """Sleep until another connection commits, a scheduled job falls due, or ``timeout``."""
+        """Sleep until a writer wakes us, another connection's commit is seen (every ``poll``
+        seconds), a scheduled job falls due, or ``timeout``."""
         deadline = time.monotonic() + timeout
         if self._next_due is not None:
             deadline = min(deadline, time.monotonic() + max(0.0, self._next_due - self.clock()))
-        interval = self.poll_interval
+        self._waiter.ready()  # bound before the first look: a commit after it sends us a wake
         while True:
             with self._read() as conn:
                 if conn.execute("PRAGMA data_version").fetchone()[0] != self._seen_version:
                     return
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._waiter.wait(min(self.poll_interval, left)):
                 return
-            time.sleep(min(interval, left))
-            interval = min(interval * 1.25, self.poll_interval * 5)
 
     def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
@@ -241,6 +250,8 @@ class SQLiteBroker(Broker):
                         "state": o.state, "result": o.result, "error": error, "started_at": o.started_at,
                         "finished_at": o.finished_at or now, "run_at": o.run_at, "now": now,
                         "entry": entry, "id": o.job_id, "token": o.token})
+        if any(o.state in ("queued", "scheduled") for o in wins):
+            self._waker.wake()
         return accepted
 
     def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
@@ -291,7 +302,9 @@ class SQLiteBroker(Broker):
         params = {**params, "now": self.clock(), "error": orjson.dumps(error).decode()}
         with self._write() as conn:
             n = conn.execute(Q["lose"].format(where=where), params).rowcount
-            conn.execute(Q["promote"], {"now": params["now"]})
+            promoted = conn.execute(Q["promote"], {"now": params["now"]}).rowcount
+        if n or promoted:
+            self._waker.wake()
         return int(n)
 
     def recover(self) -> int:
@@ -326,11 +339,13 @@ class SQLiteBroker(Broker):
     def retry(self, job_id: str) -> str:
         try:
             with self._write() as conn:
-                if conn.execute(Q["retry_by_hand"], {"id": job_id, "now": self.clock()}).rowcount:
-                    return "queued"
-                row = conn.execute(Q["state_of"], (job_id,)).fetchone()
+                queued = conn.execute(Q["retry_by_hand"], {"id": job_id, "now": self.clock()}).rowcount
+                row = None if queued else conn.execute(Q["state_of"], (job_id,)).fetchone()
         except sqlite3.IntegrityError:
             raise ValueError(f"job {job_id}: another active job holds the same key") from None
+        if queued:
+            self._waker.wake()
+            return "queued"
         if row is None:
             raise JobNotFound(job_id)
         raise ValueError(f"job {job_id} is {row[0]}; only failed or cancelled jobs can be retried")
@@ -346,6 +361,7 @@ class SQLiteBroker(Broker):
     def resume(self, queue: str) -> None:
         with self._write() as conn:
             conn.execute(Q["pause"], (queue, 0))
+        self._waker.wake()
 
     def purge(self, queue: str | None, states: Sequence[str] | Any = ("queued", "scheduled")) -> int:
         wanted = [s for s in states if s != "running"]
