@@ -39,6 +39,7 @@ EXIT_RECYCLE = 3
 ACK_BATCH = 128
 ACK_DELAY = 0.02  # seconds a finished job may wait for its ack to be batched with others
 REFUSAL_BACKOFF_MAX = 30.0  # seconds at most between two hand-backs of a job for an unknown task
+MARK_AFTER = 0.1  # seconds a job runs before its start is written on its own (else with its ack)
 PROGRESS_EVERY = 0.1  # seconds between progress writes of one job
 
 
@@ -174,12 +175,16 @@ class Runner:
     # -- started marks -----------------------------------------------------------------------
     def flush_marks(self) -> None:
         """Write when the running jobs really started, in one batch (``Broker.mark_started``).
-        Jobs that already ended are left out: their ack carries ``started_at``."""
+        Jobs that already ended are left out: their ack carries ``started_at``. So are jobs that
+        started less than MARK_AFTER ago: most end before then, and a drain of short jobs then
+        writes no marks at all."""
         if not self._marks:
             return
-        marks, self._marks = self._marks, []
+        now = time.time()
         with self.lock:
-            marks = [m for m in marks if m[0] in self.running]
+            marks = [m for m in self._marks if m[0] in self.running]
+            self._marks = [m for m in marks if now - m[2] < MARK_AFTER]
+            marks = [m for m in marks if now - m[2] >= MARK_AFTER]
         if not marks or not self._marks_supported:
             return
         try:
@@ -254,11 +259,11 @@ class Runner:
             return decoded
         task, args, kwargs = decoded
         state = _Running(lease)
-        with self.lock:
-            self.running[lease.job_id] = state
         token = _current.set(self._context(lease, state))
         started = time.time()
-        self._marks.append((lease.job_id, lease.token, started))
+        with self.lock:
+            self.running[lease.job_id] = state
+            self._marks.append((lease.job_id, lease.token, started))
         return task, args, kwargs, state, token, started
 
     def _exit(self, lease: Lease, state: _Running, token: Any, started: float) -> None:
