@@ -119,6 +119,7 @@ class Waker:
         self._mtime = -1
         self._listed = 0.0
         self._targets: list[str] = []
+        self._lock = threading.Lock()  # one broker may be shared by threads (a web app's)
 
     def _waiters(self) -> list[str]:
         try:
@@ -138,6 +139,10 @@ class Waker:
 
     def wake(self) -> None:
         """One byte to every waiter; never raises."""
+        with self._lock:
+            self._wake()
+
+    def _wake(self) -> None:
         targets = self._waiters()
         if not targets:
             return
@@ -146,7 +151,7 @@ class Waker:
             self._sock.setblocking(False)
             self._pid = os.getpid()
         dead = []
-        for path in targets:
+        for path in list(targets):
             try:
                 self._sock.sendto(b"!", path)
             except OSError as exc:  # EAGAIN: its buffer is full, so a wake is pending anyway
@@ -160,6 +165,7 @@ class Waker:
                 pass
 
     def close(self) -> None:
-        if self._sock is not None and self._pid == os.getpid():
-            self._sock.close()
-        self._sock = None
+        with self._lock:
+            if self._sock is not None and self._pid == os.getpid():
+                self._sock.close()
+            self._sock = None
