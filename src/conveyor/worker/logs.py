@@ -26,6 +26,17 @@ JOB_LOGGER = "conveyor.worker.jobs"
 job_log = logging.getLogger(JOB_LOGGER)
 
 
+_pid = os.getpid()  # os.getpid() is a system call: read once, and again in a forked child
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class WorkerLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler with :data:`FORMAT` that also takes pre-formatted per-job lines in batches."""
 
@@ -59,7 +70,7 @@ class WorkerLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        pid = os.getpid()
+        pid = _pid
         if pid != self._pid:  # forked into a pool process: the pid in the prefix is its own
             self._pid = pid
             self._pending.clear()
