@@ -44,6 +44,8 @@ def format_duration(seconds: float | None, empty: str = "") -> str:
     if seconds is None:
         return empty
     seconds = max(0.0, float(seconds))
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
