@@ -131,7 +131,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 def _errors_said_once() -> Iterator[None]:
     """While the worker first connects, an error the broker logs is the one the command then
     reports (as its ``Error:`` line and exit status): keep the log from saying it first, and
-    differently (a Redis link logs "reconnecting with back-off" for a failure that ends the start)."""
+    differently)."""
     def said_again(record: logging.LogRecord) -> bool:
         return not (record.levelno >= logging.ERROR and record.name.startswith("conveyor.brokers"))
 

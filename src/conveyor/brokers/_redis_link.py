@@ -52,6 +52,9 @@ def _load_scripts() -> dict[str, str]:
             prelude.for_body(body) + "\n" + body + "\n" for name, body in blocks.items()}
 
 
+RETRIES = 5  # tries of a command after a lost connection, 0.1 s apart doubling to 1 s
+RETRY_SECONDS = sum(min(1.0, 0.05 * 2 ** i) for i in range(1, RETRIES + 1))  # about 2.5 s
+
 class _Prelude:
     """The prelude, put in front of a script without the helper functions that script never calls
     (directly or through another helper): Lua creates every ``local function`` anew on each call
@@ -194,7 +197,7 @@ class RedisLink:
         self._lock = threading.Lock()
         self._local = threading.local()  # this thread's own connection for single commands
         self._links: list[Any] = []
-        self.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 5)
+        self.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES)
         self.down_since: float | None = None
 
     def client(self) -> Any:
@@ -364,10 +367,12 @@ class RedisLink:
         return str(exc)
 
     def trouble(self, exc: Exception) -> None:
-        """Say once per outage that Redis cannot be reached (then redis-py retries with back-off)."""
+        """Say once per outage that Redis cannot be reached (then the command is retried with back-off
+        for about RETRY_SECONDS before it raises BrokerError)."""
         if self.down_since is None:
             self.down_since = time.monotonic()
-            log.error("cannot reach Redis at %s: %s; reconnecting with back-off", self.where, self._why(exc))
+            log.error("cannot reach Redis at %s: %s; retrying for up to %.1fs", self.where, self._why(exc),
+                      RETRY_SECONDS)
 
     def error(self, exc: Exception) -> BrokerError:
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
@@ -391,6 +396,9 @@ class RedisLink:
                 if not there:
                     r.script_load(body)
             self.check_server(r)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # Said once, by the caller's error: nothing retries an open() that failed.
+            raise BrokerError(f"cannot reach Redis at {self.where}: {self._why(exc)}") from None
         except RedisError as exc:
             raise self.error(exc) from None
         self.up()

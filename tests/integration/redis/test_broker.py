@@ -112,6 +112,21 @@ def test_an_unreachable_server_is_a_clear_broker_error(caplog: pytest.LogCapture
     broker.close()
 
 
+def test_open_of_an_unreachable_server_raises_without_claiming_to_retry(caplog: pytest.LogCaptureFixture) -> None:
+    """One consistent message: open() is not retried, so it does not log that it is; a command
+    that is retried says for how long, once."""
+    port = free_port()
+    broker = RedisBroker(f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.2")
+    with pytest.raises(BrokerError, match=f"cannot reach Redis at 127.0.0.1:{port}/0"):
+        broker.open()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    with pytest.raises(BrokerError):
+        broker.fetch(["default"], 1, 30, "c1")
+    said = [r.getMessage() for r in caplog.records if "cannot reach Redis" in r.getMessage()]
+    assert len(said) == 1 and "retrying for up to 2.5s" in said[0], said
+    broker.close()
+
+
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/15?nonsense=1", "redis://127.0.0.1:6379/15?prefix=a{b}",
                                  "redis://127.0.0.1:6379/15?prefix=", "http://127.0.0.1:6379/15",
                                  "redis://127.0.0.1:port/0", "redis://127.0.0.1:99999/0", "redis://[::1/0",
