@@ -138,6 +138,8 @@ def error_label(job: JobRecord) -> str | None:
         return None
     if job.state in ("failed", "cancelled"):
         return "error"
+    if job.error.get("type") == "UnknownTask":  # not an attempt: workers without the task handed it back
+        return "handed back by workers without its task"
     attempt = _failed_attempt(job)
     return f"error of attempt {attempt}" if attempt else "earlier error"
 
