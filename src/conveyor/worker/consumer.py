@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..brokers import Broker, Lease, Outcome, WorkerInfo
 from ..errors import ConveyorError
 from .logs import flush_job_lines
-from .runner import ACK_BATCH, ACK_DELAY, EXIT_RECYCLE, EXIT_STOPPED, Acker, Heartbeat, Runner, rss_bytes
+from .runner import ACK_BATCH, ACK_DELAY, EXIT_RECYCLE, EXIT_STOPPED, Runner, rss_bytes
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -25,6 +25,77 @@ if TYPE_CHECKING:
     from .pools import Slot
 
 log = logging.getLogger("conveyor.worker")
+
+
+class Heartbeat(threading.Thread):
+    """Background thread of a consumer: extends leases, flushes throttled progress, reports the
+    worker's heartbeat, and stops the consumer if its supervisor is gone."""
+
+    def __init__(self, runner: Runner, info: WorkerInfo, stop: threading.Event,
+                 parent_pid: int | None = None) -> None:
+        super().__init__(name=f"conveyor-heartbeat-{runner.consumer_id}", daemon=True)
+        self.runner, self.info, self.stop_event, self.parent_pid = runner, info, stop, parent_pid
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        lease_every = min(self.runner.settings.lease / 3.0, 1.0)
+        next_lease = next_info = 0.0
+        while not self.done.wait(0.1):
+            try:
+                now = time.monotonic()
+                self.runner.shed_if_stuck()
+                self.runner.flush_acks(older_than=ACK_DELAY)
+                self.runner.flush_marks()
+                self.runner.flush_progress()
+                flush_job_lines()
+                if now >= next_lease:
+                    next_lease = now + lease_every
+                    self.runner.beat()
+                if now >= next_info:
+                    next_info = now + 5.0
+                    self.report()
+                if self.parent_pid is not None and os.getppid() != self.parent_pid \
+                        and not self.stop_event.is_set():
+                    log.error("supervisor %d is gone; stopping after the current job", self.parent_pid)
+                    self.stop_event.set()
+            except ConveyorError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def report(self) -> None:
+        with self.runner.lock:
+            self.info.current = list(self.runner.running)
+        self.info.rss = rss_bytes()
+        self.info.processed = self.runner.processed
+        self.info.failed = self.runner.failed
+        self.runner.broker.heartbeat(self.info)
+
+
+class Acker(threading.Thread):
+    """Background thread of a consumer that acks full batches, so that their round trip overlaps
+    with the next jobs instead of stalling the consumer (the consumer acks itself, at once, when
+    its queues run dry: a lone job's round trip must not wait for a thread switch)."""
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(name=f"conveyor-acker-{runner.consumer_id}", daemon=True)
+        self.runner = runner
+        self.wanted = threading.Event()
+        self.done = False
+
+    def run(self) -> None:
+        while not self.done:
+            self.wanted.wait()
+            self.wanted.clear()
+            try:
+                self.runner.flush_acks()
+            except Exception:  # flush_acks logs broker errors; anything else must not end the acks
+                log.exception("ack failed")
+
+    def stop(self) -> None:
+        self.done = True
+        self.wanted.set()
+        self.join(timeout=5)
 
 
 def worker_info(app: Conveyor, consumer_id: str, queues: Sequence[str], pool: str,
