@@ -22,7 +22,7 @@ from .runner import ACK_BATCH, ACK_DELAY, EXIT_RECYCLE, EXIT_STOPPED, Runner, rs
 if TYPE_CHECKING:
     from ..app import Conveyor
     from ..config import Settings
-    from .pools import Slot
+    from .slot import Slot
 
 log = logging.getLogger("conveyor.worker")
 
@@ -222,7 +222,7 @@ def consume_async(app: Conveyor, settings: Settings, queues: Sequence[str], cons
             return entered
         task, args, kwargs, state, token, started = entered
         slot = free_slots.pop()
-        slot.start(lease.job_id, lease.token, lease.timeout, settings.kill_after)
+        slot.start(lease, settings.kill_after)
         try:
             if task.is_async:
                 call = task.fn(*args, **kwargs)

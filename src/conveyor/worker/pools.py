@@ -16,11 +16,11 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from multiprocessing.sharedctypes import RawArray, RawValue
 from typing import TYPE_CHECKING, Any
 
 from .consumer import consume
 from .runner import EXIT_RECYCLE, EXIT_STOPPED
+from .slot import Slot
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -29,56 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 POOLS = ("process", "thread", "async")
-
-
-class Slot:
-    """What one running job looks like to the supervisor: id, token and deadlines.
-
-    The supervisor's watchdog enforces hard time limits from it, and when a member dies it tells
-    the job that was executing (counted as an attempt) from jobs only fetched ahead (handed back
-    uncounted). Process members keep it in shared memory (no system call per job); the busy flag
-    and deadlines are written last and cleared first, so nothing acts on a half-written slot.
-    """
-
-    def __init__(self, shared: bool) -> None:
-        self._id = RawArray(ctypes.c_char, 64) if shared else (ctypes.c_char * 64)()
-        self._token = RawValue(ctypes.c_longlong, 0) if shared else ctypes.c_longlong(0)
-        self._busy = RawValue(ctypes.c_int, 0) if shared else ctypes.c_int(0)
-        self._soft = RawValue(ctypes.c_double, 0.0) if shared else ctypes.c_double(0.0)
-        self._hard = RawValue(ctypes.c_double, 0.0) if shared else ctypes.c_double(0.0)
-        self.thread_id: int | None = None
-        self.interrupted = False
-
-    def start(self, job_id: str, token: int, timeout: float | None, kill_after: float) -> None:
-        self._id.value = job_id.encode()[:63]  # a C string: NUL-terminated
-        self._token.value = token
-        self._busy.value = 1
-        if timeout:
-            now = time.time()
-            self._soft.value = now + timeout
-            self._hard.value = now + timeout + kill_after
-            self.interrupted = False
-
-    def clear(self) -> None:
-        self._hard.value = 0.0
-        self._soft.value = 0.0
-        self._busy.value = 0
-
-    def current(self) -> str | None:
-        """The id of the job executing in this slot, if any."""
-        if not self._busy.value:
-            return None
-        return self._id.value.decode() or None
-
-    def read(self) -> tuple[str, int, float, float] | None:
-        hard = self._hard.value
-        if not hard:
-            return None
-        job_id = self._id.value.decode()
-        token, soft = self._token.value, self._soft.value
-        if self._hard.value != hard:  # changed while reading: next round
-            return None
-        return job_id, token, soft, hard
 
 
 class Member(ABC):

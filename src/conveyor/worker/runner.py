@@ -26,11 +26,12 @@ from ..job import CurrentJob, _current
 from ..presentation import format_duration
 from .dispatch import FETCH_AHEAD, RunTimes
 from .logs import job_line, job_log
+from .verdict import retry_verdict
 
 if TYPE_CHECKING:
     from ..app import Conveyor
     from ..config import Settings
-    from .pools import Slot
+    from .slot import Slot
 
 log = logging.getLogger("conveyor.worker")
 
@@ -368,12 +369,13 @@ class Runner:
         if state.cancelled:
             return Outcome(lease.job_id, lease.token, "cancelled", error=info,
                            started_at=started, finished_at=finished)
-        if lease.attempt < lease.max_attempts:
-            delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else task.backoff(lease.attempt)
+        verdict, run_at = retry_verdict(lease.attempt, lease.max_attempts, finished, task.backoff,
+                                      exc.delay if isinstance(exc, Retry) else None)
+        if run_at is not None:
             log.warning("job %s (%s) attempt %d/%d raised %s after %s: %s; retry in %.1fs", lease.job_id,
                         lease.task, lease.attempt, lease.max_attempts, info["type"],
-                        format_duration(finished - started), info["message"], delay)
-            return Outcome(lease.job_id, lease.token, "scheduled", error=info, run_at=finished + delay,
+                        format_duration(finished - started), info["message"], run_at - finished)
+            return Outcome(lease.job_id, lease.token, verdict, error=info, run_at=run_at,
                            started_at=started, finished_at=finished)
         log.error("job %s (%s) attempt %d/%d failed after %s: %s: %s", lease.job_id, lease.task,
                   lease.attempt, lease.max_attempts, format_duration(finished - started), info["type"],
@@ -389,7 +391,7 @@ class Runner:
         task, args, kwargs, state, token, started = entered
         timeout = lease.timeout
         if slot is not None:
-            slot.start(lease.job_id, lease.token, timeout, self.settings.kill_after)
+            slot.start(lease, self.settings.kill_after)
         if use_alarm and timeout:
             signal.setitimer(signal.ITIMER_REAL, timeout)
         try:

@@ -24,6 +24,8 @@ from ..brokers import JobRecord, Outcome
 from ..errors import ConfigError, ConveyorError
 from .pools import POOLS, Member, ProcessMember, ThreadMember
 from .runner import EXIT_RECYCLE, EXIT_STOPPED
+from .slot import SlotView
+from .verdict import retry_verdict
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -137,35 +139,36 @@ class Supervisor:
                 seen = slot.read()
                 if seen is None:
                     continue
-                job_id, token, soft, hard = seen
-                if now >= hard:
-                    self._hard_kill(index, member, job_id, token, hard - soft)
+                if now >= seen.hard:
+                    self._hard_kill(index, member, seen)
                     break
-                if now >= soft:
+                if now >= seen.soft:
                     member.soft_timeout(slot)
 
-    def _hard_kill(self, index: int, member: Member, job_id: str, token: int, kill_after: float) -> None:
-        record = self.broker.get(job_id)
-        timeout = record.timeout if record and record.timeout else 0.0
-        log.error("job %s still running %.1fs past its %.1fs timeout: killing pool member %d (pid %d)",
-                  job_id, kill_after, timeout, index, member.pid)
+    def _hard_kill(self, index: int, member: Member, job: SlotView) -> None:
+        """Kill a member whose job ran past its hard limit, and record the job's verdict from what
+        its slot says (no store read: the store may be what is slow)."""
+        kill_after = job.hard - job.soft
+        log.error("job %s (%s) attempt %d/%d still running %.1fs past its %.1fs timeout: killing pool member %d "
+                  "(pid %d)", job.job_id, job.task, job.attempt, job.max_attempts, kill_after, job.timeout,
+                  index, member.pid)
         member.kill()
         member.join(5.0)
         now = time.time()
         error = {"type": "TimeoutError",
-                 "message": f"hard time limit: the job ran past its {timeout:g}s timeout and did not stop "
+                 "message": f"hard time limit: the job ran past its {job.timeout:g}s timeout and did not stop "
                             f"within {kill_after:g}s, so its worker was killed"}
-        retry = record is not None and record.attempts < record.max_attempts
-        task = self.app.tasks.get(record.task) if record else None
-        delay = task.backoff(record.attempts) if (task and record) else 1.0
-        outcome = Outcome(job_id, token, "scheduled" if retry else "failed", error=error,
-                          run_at=now + delay if retry else None, started_at=None, finished_at=now)
+        task = self.app.tasks.get(job.task)
+        state, run_at = retry_verdict(job.attempt, job.max_attempts, now, task.backoff if task else None)
+        outcome = Outcome(job.job_id, job.token, state, error=error, run_at=run_at, started_at=job.started,
+                          finished_at=now)
         try:
             self.broker.ack([outcome])
         except ConveyorError as exc:
-            log.error("could not record the timeout of job %s: %s", job_id, exc)
+            log.error("could not record the timeout of job %s: %s", job.job_id, exc)
         if index in self.members:
-            self._reap(index, member, killed_for=f"its worker was killed: job {job_id} ran past its hard time limit")
+            self._reap(index, member,
+                       killed_for=f"its worker was killed: job {job.job_id} ran past its hard time limit")
 
     # -- main loop ---------------------------------------------------------------------------
     def _signal(self, signum: int, frame: Any) -> None:
