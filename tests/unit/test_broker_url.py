@@ -83,7 +83,7 @@ def test_redact_url_hides_passwords_and_secret_options(url: str, shown: str) -> 
 
 
 def test_sentinel_addresses_may_be_ipv6_and_default_to_port_26379() -> None:
-    from conveyor.brokers._redis_link import _sentinel_parts
+    from conveyor.brokers.redis.link import _sentinel_parts
 
     assert _sentinel_parts("redis+sentinel://:pw@[::1]:26380,h2,10.0.0.1:7/main/2") == (
         [("::1", 26380), ("h2", 26379), ("10.0.0.1", 7)], "main", 2, ":pw@")

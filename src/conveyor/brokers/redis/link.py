@@ -1,19 +1,17 @@
 """The Redis broker's connection layer: one thread's own connection, retried with back-off, the
-Lua scripts of ``redis.lua`` (loaded once per server, again when Redis lost them) and the start-up
+Lua scripts of ``lua/*.lua`` (loaded once per server, again when Redis lost them) and the start-up
 check of the server's durability settings. :class:`~conveyor.brokers.redis.RedisBroker` says what to
 store; this module only gets commands to Redis and replies back, and says when Redis is unreachable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -26,8 +24,9 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from ..config import redact_url
-from ..errors import BrokerError
+from ...config import redact_url
+from ...errors import BrokerError
+from .scripts import SCRIPTS, SHAS
 
 _pack: Any
 try:
@@ -43,55 +42,8 @@ REDIS_OPTIONS = frozenset({"db", "socket_timeout", "socket_connect_timeout", "so
                            "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "protocol", "client_name"})
 
 
-def _load_scripts() -> dict[str, str]:
-    text = files(__package__).joinpath("redis.lua").read_text()
-    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
-    blocks = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
-    prelude = _Prelude(blocks.pop("prelude"))
-    return {name: body + "\n" if "-- standalone" in body.split("\n", 2)[0] else
-            prelude.for_body(body) + "\n" + body + "\n" for name, body in blocks.items()}
-
-
 RETRIES = 5  # tries of a command after a lost connection, 0.1 s apart doubling to 1 s
 RETRY_SECONDS = sum(min(1.0, 0.05 * 2 ** i) for i in range(1, RETRIES + 1))  # about 2.5 s
-
-class _Prelude:
-    """The prelude, put in front of a script without the helper functions that script never calls
-    (directly or through another helper): Lua creates every ``local function`` anew on each call
-    of a script, and the unused ones cost a single enqueue some 5 us of Redis time."""
-
-    def __init__(self, text: str) -> None:
-        self.segments: list[tuple[str | None, str]] = []  # (function name or None, text), in order
-        lines = text.splitlines(keepends=True)
-        i = 0
-        while i < len(lines):
-            head = re.match(r"local function (\w+)\(", lines[i])
-            end = i
-            if head and not lines[i].rstrip().endswith(" end"):
-                while lines[end].rstrip("\n") != "end":
-                    end += 1
-            self.segments.append((head[1] if head else None, "".join(lines[i:end + 1])))
-            i = end + 1
-        self.defined = {name for name, _ in self.segments if name}
-        self.calls = {name: self.called(text) for name, text in self.segments if name}
-        self.always = self.called("".join(text for name, text in self.segments if not name))
-
-    def called(self, code: str) -> set[str]:
-        code = re.sub(r"--[^\n]*", "", code)  # comments name helpers too (no string holds "--")
-        return self.defined.intersection(re.findall(r"\w+", code))
-
-    def for_body(self, body: str) -> str:
-        needed, todo = set(), self.called(body) | self.always
-        while todo:
-            name = todo.pop()
-            needed.add(name)
-            todo |= self.calls[name] - needed
-        return "".join(text for name, text in self.segments if name is None or name in needed)
-
-
-SCRIPTS = _load_scripts()
-SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
-
 
 SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 OURS = frozenset({"prefix", "cluster", "sentinel_password"})  # Conveyor's options, not redis-py's
@@ -441,7 +393,7 @@ class RedisLink:
 
     def script(self, name: str, keys: Sequence[str], argv: Sequence[Any],
                pipe_before: Sequence[tuple[Any, ...]] = ()) -> Any:
-        """Run script ``name`` of ``redis.lua`` after ``pipe_before`` commands sent in the same round
+        """Run script ``name`` of ``lua/*.lua`` after ``pipe_before`` commands sent in the same round
         trip. Loads the scripts again when Redis lost them (a restart, ``SCRIPT FLUSH``)."""
         command = ("EVALSHA", SHAS[name], len(keys), *keys, *argv)
         for attempt in (1, 2):
