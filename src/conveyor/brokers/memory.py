@@ -16,10 +16,9 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import JobNotFound
-from . import (
+from .records import (
     ACTIVE_STATES,
     TERMINAL_STATES,
-    Broker,
     Clock,
     Event,
     ExtendResult,
@@ -33,6 +32,7 @@ from . import (
     job_matches,
     summarize,
 )
+from .store import Broker
 
 #: Changes kept for :meth:`MemoryBroker.changes` (a ring: older ones are forgotten).
 EVENT_RING = 10_000

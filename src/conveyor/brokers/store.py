@@ -1,0 +1,479 @@
+"""``JobStore``: the job database contract, and ``Broker``, the facade the worker and the app use.
+
+Semantics every store honours (see ``docs/semantics.md``):
+
+* A job leaves the queue only by an ack after its run, a cancel, or being dead-lettered (``failed``).
+* ``fetch`` (claim) leases jobs: each lease has a deadline and a fencing token. ``extend`` pushes
+  the deadline; ``recover`` (expire) puts jobs with expired leases back (counted as a delivery).
+  Any ack, extend or progress carrying a token that is no longer current is refused.
+* Delayed jobs wait in the schedule (state ``scheduled``), never under a lease.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from .records import (
+    STATES,
+    TERMINAL_STATES,
+    Clock,
+    Dispatch,
+    Event,
+    ExtendResult,
+    JobPage,
+    JobQuery,
+    JobRecord,
+    Lease,
+    Message,
+    Outcome,
+    QueueInfo,
+    WorkerInfo,
+    job_event_data,
+    job_matches,
+    summarize,
+)
+
+__all__ = ["SCAN_LIMIT", "Broker", "JobStore"]
+
+
+#: How many jobs the base class's default queries read at most, for stores without their own.
+SCAN_LIMIT = 10_000
+_CURSORS = itertools.count(1)
+
+
+class JobStore(ABC):
+    """The job database: the fenced lifecycle, operator control and the queries.
+
+    Names. The lifecycle keeps the names every backend, test and worker has always used, and those
+    are what a store implements: ``enqueue`` (add), ``fetch`` (claim from queues), ``ack``,
+    ``extend``, ``progress``, ``recover`` (expire) and ``release``. The names of the design,
+    :meth:`add`, :meth:`claim` and :meth:`expire`, are aliases of them, so a caller may use either.
+
+    Pairing. A store that claims natively is a broker by itself (:class:`Broker`). To be paired
+    with a :class:`~conveyor.brokers.transport.Transport` a store also implements the pairing
+    hooks (:meth:`claim_jobs`, :meth:`use_outbox`, :meth:`outbox`, :meth:`mark_sent`,
+    :meth:`promote`) and sets ``supports_pairing``.
+
+    Capabilities are declared as class attributes, never probed; the worker chooses blocking fetch,
+    notification or polling from them (a paired broker takes them from its transport).
+    """
+
+    scheme: ClassVar[str] = ""
+    supports_blocking_fetch: bool = False
+    supports_native_delays: bool = False
+    supports_priorities: bool = True
+    supports_notify: bool = False
+    supports_transactions: bool = False
+    #: False for brokers living in one process (memory): the worker then refuses a process pool.
+    shared_between_processes: bool = True
+    #: True when ``list_jobs`` itself takes ``search``, ``since`` and ``until``: ``search_jobs``
+    #: then hands the query straight to it instead of filtering pages here.
+    supports_search: bool = False
+    #: True when the store implements the pairing hooks (a transport can carry its jobs).
+    supports_pairing: bool = False
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        self.clock: Clock = clock or time.time
+        # State of the default ``changes`` (snapshots by cursor), unused by stores with a change log.
+        self._snapshot_lock = threading.Lock()
+        self._snapshots: dict[str, tuple[dict[str, Any], list[Event]]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect (and create the schema) now instead of on first use. Raises BrokerError."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. The broker may be opened again."""
+
+    def fork(self) -> JobStore:
+        """A new, unopened store on the same URL, for another process or thread."""
+        return type(self)(self.url, clock=self.clock)
+
+    # -- moving jobs -------------------------------------------------------------------------
+    @abstractmethod
+    def enqueue(self, messages: Sequence[Message]) -> list[str]:
+        """Store the messages in one round trip; return each job's id (an existing one for a
+        duplicate ``key``)."""
+
+    @abstractmethod
+    def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        """Lease up to ``limit`` ready jobs from ``queues`` (in that order of preference) for
+        ``lease`` seconds. Paused queues are skipped. Never blocks."""
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block up to ``timeout`` seconds or until work may be ready. Default: sleep."""
+        time.sleep(timeout)
+
+    @abstractmethod
+    def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Record the outcomes; each is accepted only if its token is still current."""
+
+    @abstractmethod
+    def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
+        """Push the deadline of the given (job id, token) leases ``lease`` seconds from now."""
+
+    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
+        """Record when leased jobs really began to run: ``(job id, token, started_at)`` each,
+        ignored for a stale token. Until then a leased job is *reserved* (``running`` with no
+        ``started_at``). Workers send these in batches with their heartbeats, never one round
+        trip per job; the ack carries ``started_at`` too, for a job that ended before its mark."""
+        raise NotImplementedError
+
+    def reserved_counts(self) -> dict[str, int]:
+        """``{queue: n}``: jobs leased by a worker that have not started yet (see
+        :meth:`mark_started`); they are part of the ``running`` count of :meth:`counts`.
+
+        Default: reads the running jobs through :meth:`list_jobs` (at most :data:`SCAN_LIMIT`)."""
+        found: dict[str, int] = {}
+        cursor: str | None = None
+        scanned = 0
+        while scanned < SCAN_LIMIT:
+            page = self.list_jobs(state="running", limit=500, cursor=cursor)
+            for job in page.jobs:
+                if job.started_at is None:
+                    found[job.queue] = found.get(job.queue, 0) + 1
+            scanned += len(page.jobs)
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        return found
+
+    @abstractmethod
+    def progress(self, job_id: str, token: int, fraction: float | None, message: str | None) -> bool:
+        """Record a running job's progress; refused (False) for a stale token."""
+
+    @abstractmethod
+    def recover(self) -> int:
+        """Put jobs whose lease expired back in the queue (or in ``failed`` when out of attempts),
+        and move due scheduled jobs to the queue. Returns how many leases were recovered."""
+
+    @abstractmethod
+    def release(self, consumer: str, reason: str) -> int:
+        """Hand back every job leased by ``consumer`` at once (it died or was stopped), as lease
+        expiry would, with ``reason`` recorded. Returns how many."""
+
+    # -- control -----------------------------------------------------------------------------
+    @abstractmethod
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job: queued or scheduled → ``cancelled``; running → cancellation requested
+        (the task sees ``current_job().cancelled``). Returns the state after. Raises JobNotFound."""
+
+    @abstractmethod
+    def retry(self, job_id: str) -> str:
+        """Put a ``failed`` or ``cancelled`` job back in its queue with fresh attempts (a retry by
+        hand). Returns the new state; raises JobNotFound, or ValueError for an active job."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> bool:
+        """Delete a job that is not running. Returns whether one was deleted."""
+
+    @abstractmethod
+    def pause(self, queue: str) -> None:
+        """Stop handing out jobs of ``queue`` (enqueueing still works)."""
+
+    @abstractmethod
+    def resume(self, queue: str) -> None:
+        """Undo ``pause``."""
+
+    @abstractmethod
+    def purge(self, queue: str | None, states: Iterable[str] = ("queued", "scheduled")) -> int:
+        """Delete jobs of ``queue`` (every queue when None) in ``states``. Returns how many."""
+
+    @abstractmethod
+    def prune(self, older_than: float) -> int:
+        """Delete ``succeeded`` and ``cancelled`` jobs finished more than ``older_than`` seconds ago
+        (retention). ``failed`` jobs are kept until deleted by hand."""
+
+    # -- store queries -----------------------------------------------------------------------
+    @abstractmethod
+    def get(self, job_id: str) -> JobRecord | None:
+        """One job, or None."""
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Several jobs, in the given order."""
+        return [self.get(j) for j in job_ids]
+
+    def wait_for(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """Wait until the job has ended (succeeded, failed or cancelled) or ``timeout`` seconds have
+        passed (None: no limit); return its record as last read, or None when there is no such job.
+
+        Default: reads :meth:`get` with a back-off from 0.5 ms (x1.5, at most 50 ms). Brokers that
+        can be told when a job ends override it to block instead (``Job.result`` uses it).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            record = self.get(job_id)
+            if record is None or record.state in TERMINAL_STATES:
+                return record
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return record
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 1.5, 0.05)
+
+    @abstractmethod
+    def list_jobs(
+        self,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first, filtered; ``cursor`` continues after the previous page."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: n}}`` over every job in the store."""
+
+    @abstractmethod
+    def paused_queues(self) -> set[str]:
+        """Names of the paused queues."""
+
+    def queues(self) -> list[QueueInfo]:
+        """Every known queue with its depth by state and paused flag."""
+        counts, paused = self.counts(), self.paused_queues()
+        names = sorted(set(counts) | paused)
+        return [QueueInfo(n, n in paused, {s: counts.get(n, {}).get(s, 0) for s in STATES}) for n in names]
+
+    @abstractmethod
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        """Record that ``worker`` is alive (upsert)."""
+
+    @abstractmethod
+    def unregister(self, worker_id: str) -> None:
+        """Remove a worker's heartbeat (clean shutdown)."""
+
+    @abstractmethod
+    def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
+        """Workers heard from in the last ``max_age`` seconds."""
+
+    # -- queries of the web app (each has a default built on the operations above) -------------
+    def search_jobs(
+        self,
+        query: JobQuery | None = None,
+        /,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        search: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """:meth:`list_jobs` with a text search (a substring of the arguments or the error, any
+        case) and a time range on ``created_at`` (``since <= created_at < until``).
+
+        Brokers declaring ``supports_search`` answer it in ``list_jobs``. Otherwise this pages
+        through :meth:`list_jobs` and filters here, reading at most :data:`SCAN_LIMIT` jobs per
+        call; a page cut short by that budget still carries a cursor to continue from.
+
+        The filters come as one :class:`JobQuery` or as keywords (not both).
+        """
+        if query is not None:
+            state, queue, task, search = query.state, query.queue, query.task, query.search
+            since, until, limit, cursor = query.since, query.until, query.limit, query.cursor
+        if self.supports_search:
+            return self.list_jobs(state=state, queue=queue, task=task, limit=limit,  # type: ignore[call-arg]
+                                  cursor=cursor, search=search, since=since, until=until)
+        if search is None and since is None and until is None:
+            return self.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
+        found: list[JobRecord] = []
+        scanned = 0
+        while scanned < SCAN_LIMIT:
+            page = self.list_jobs(state=state, queue=queue, task=task, limit=200, cursor=cursor)
+            for job in page.jobs:
+                scanned += 1
+                if job_matches(job, search, since, until):
+                    found.append(job)
+                    if len(found) > limit:
+                        return JobPage(found[:limit], found[limit - 1].id)
+            cursor = page.cursor
+            if cursor is None:
+                return JobPage(found, None)
+        return JobPage(found, cursor)
+
+    def find_by_key(self, key: str) -> JobRecord | None:
+        """The newest job enqueued with unique ``key``, in any state (for idempotent enqueues).
+
+        Default: scans :meth:`list_jobs` newest first, at most :data:`SCAN_LIMIT` jobs.
+        """
+        cursor: str | None = None
+        scanned = 0
+        while scanned < SCAN_LIMIT:
+            page = self.list_jobs(limit=500, cursor=cursor)
+            for job in page.jobs:
+                if job.key == key:
+                    return job
+            scanned += len(page.jobs)
+            if page.cursor is None:
+                return None
+            cursor = page.cursor
+        return None
+
+    def stats(self, since: float, bucket: float) -> list[dict[str, Any]]:
+        """Finished jobs per queue per time bucket since ``since``: one dict per (queue, bucket)
+        that had any, ordered by bucket then queue: ``queue``, ``bucket`` (its start, Unix
+        seconds), ``succeeded`` and ``failed`` counts, ``run_mean`` and ``run_p95`` (seconds from
+        start to finish), ``wait_mean`` (seconds from creation to start). Buckets start at
+        ``since`` and are ``bucket`` seconds long.
+
+        Default: reads succeeded and failed jobs from :meth:`list_jobs` (newest first, at most
+        :data:`SCAN_LIMIT` of each), so on a busy broker it covers only the latest of them.
+        """
+        if bucket <= 0:
+            raise ValueError(f"bucket must be > 0 seconds, not {bucket}")
+        rows = []
+        for state in ("succeeded", "failed"):
+            cursor: str | None = None
+            scanned = 0
+            while scanned < SCAN_LIMIT:
+                page = self.list_jobs(state=state, limit=500, cursor=cursor)
+                for job in page.jobs:
+                    if job.finished_at is not None and job.finished_at >= since:
+                        rows.append(_stat_row(job))
+                scanned += len(page.jobs)
+                # Ids grow with creation time: a page wholly created an hour before ``since``
+                # cannot hold jobs that finished after it, short of hour-long runs.
+                if page.cursor is None or (page.jobs and page.jobs[-1].created_at < since - 3600):
+                    break
+                cursor = page.cursor
+        return summarize(rows, since, bucket)
+
+    def changes(self, after: str | None, limit: int = 500) -> tuple[list[Event], str]:
+        """Changes of jobs (state, progress), queues (pause, resume) and workers (heartbeats) after
+        the cursor ``after``, oldest first, at most ``limit``, and the cursor to pass next time.
+        ``after=None`` returns no events, only the current cursor.
+
+        A cursor older than the broker keeps (about ten minutes) yields a single ``reset`` event:
+        the caller should reload what it shows.
+
+        Default, for brokers without a change log: compares snapshots taken on each call — the
+        counts per queue and state, the paused queues, the workers, and the newest 200 jobs —
+        and reports what differs (several changes of one job between two calls come as one).
+        Cursors are then only meaningful to this broker object, which keeps the last 64.
+        """
+        with self._snapshot_lock:
+            snap = self._take_snapshot()
+            now = self.clock()
+            events: list[Event] = []
+            if after is not None:
+                if after not in self._snapshots:
+                    events.append(Event("", "reset", {}, now))
+                else:
+                    previous, backlog = self._snapshots[after]
+                    events = backlog + _diff_snapshots(previous, snap, now, self)
+                    if not events and previous == snap:
+                        return [], after  # nothing new: the same cursor
+            cursor = str(next(_CURSORS))
+            head, rest = events[:max(0, limit)], events[max(0, limit):]
+            self._snapshots[cursor] = (snap, rest)  # what did not fit comes with the next call
+            while len(self._snapshots) > 64:
+                del self._snapshots[next(iter(self._snapshots))]
+            for e in head:
+                e.id = cursor
+            return head, cursor
+
+    def _take_snapshot(self) -> dict[str, Any]:
+        jobs = self.list_jobs(limit=200).jobs
+        return {
+            "counts": self.counts(),
+            "paused": sorted(self.paused_queues()),
+            "workers": {w.id: (tuple(w.current), w.processed, w.failed) for w in self.workers()},
+            "jobs": {j.id: job_event_data(j) for j in jobs},
+        }
+
+    # -- the names of the design (aliases of the historic ones above) -------------------------
+    def add(self, messages: Sequence[Message]) -> list[str]:
+        """Alias of :meth:`enqueue`: write the records (the outbox marks them when paired)."""
+        return self.enqueue(messages)
+
+    def claim(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        """Alias of :meth:`fetch`: lease ready jobs of ``queues`` natively."""
+        return self.fetch(queues, limit, lease, consumer)
+
+    def expire(self) -> int:
+        """Alias of :meth:`recover`: expired leases back, due scheduled jobs to the queue."""
+        return self.recover()
+
+    # -- pairing hooks (stores with ``supports_pairing``) ---------------------------------------
+    def claim_jobs(self, job_ids: Sequence[str], lease: float, consumer: str) -> list[Lease]:
+        """Lease the given jobs, delivered by a transport, exactly as :meth:`fetch` would lease
+        them (a new fencing token, the attempt counted, reserved until marked started). A job
+        that is not ``queued`` (cancelled, deleted, scheduled, or leased already: a duplicate
+        delivery) or whose queue is paused is skipped. Leases come in the order of ``job_ids``."""
+        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+
+    def use_outbox(self) -> None:
+        """Keep an outbox from now on: every job that becomes ``queued`` (enqueued, due, handed
+        back, recovered, retried by hand) is marked to be sent until :meth:`mark_sent`. A paired
+        broker calls this once; forks of the store carry it."""
+        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+
+    def outbox(self, limit: int = 1000) -> list[Dispatch]:
+        """Up to ``limit`` marked jobs that are still ``queued``, in queue order (unmarking the
+        others: cancelled or deleted jobs need no delivery)."""
+        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+
+    def mark_sent(self, job_ids: Sequence[str]) -> None:
+        """Unmark jobs whose delivery the transport accepted."""
+        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+
+    def promote(self) -> int:
+        """Move due scheduled jobs to the queue (into the outbox when kept); how many moved."""
+        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+
+
+class Broker(JobStore):
+    """What the worker, the web app and the CLI use: a store that claims natively (memory, SQLite,
+    Redis) is a broker by itself; :class:`~conveyor.brokers.paired.PairedBroker` makes one from a
+    transport and a store."""
+
+    def fork(self) -> Broker:
+        """A new, unopened broker on the same URL, for another process or thread."""
+        return type(self)(self.url, clock=self.clock)
+
+    @property
+    def store(self) -> JobStore:
+        """The job database behind this broker: the broker itself, unless it is paired."""
+        return self
+
+
+
+def _stat_row(job: JobRecord) -> tuple[str, float, str, float | None, float | None, float]:
+    assert job.finished_at is not None
+    run = job.finished_at - job.started_at if job.started_at is not None else None
+    wait = job.started_at - job.created_at if job.started_at is not None else None
+    return job.queue, job.finished_at, job.state, run, wait, job.created_at
+
+
+def _diff_snapshots(old: dict[str, Any], new: dict[str, Any], now: float, broker: JobStore) -> list[Event]:
+    events: list[Event] = []
+    for job_id, data in new["jobs"].items():
+        if old["jobs"].get(job_id) != data:
+            events.append(Event("", "job", data, now))
+    gone = [job_id for job_id in old["jobs"] if job_id not in new["jobs"]]
+    for job_id, record in zip(gone, broker.get_many(gone) if gone else []):
+        if record is None:  # deleted, not merely pushed out of the newest 200
+            events.append(Event("", "job", {**old["jobs"][job_id], "state": "deleted"}, now))
+    for name in sorted(set(old["paused"]) ^ set(new["paused"])):
+        events.append(Event("", "queue", {"name": name, "paused": name in new["paused"]}, now))
+    for name in sorted(set(old["counts"]) | set(new["counts"])):
+        if old["counts"].get(name) != new["counts"].get(name) and not any(
+                e.kind == "job" and e.data["queue"] == name for e in events):
+            events.append(Event("", "queue", {"name": name, "counts": new["counts"].get(name, {})}, now))
+    for worker_id in sorted(set(old["workers"]) | set(new["workers"])):
+        if old["workers"].get(worker_id) != new["workers"].get(worker_id):
+            state = "seen" if worker_id in new["workers"] else "gone"
+            events.append(Event("", "worker", {"id": worker_id, "state": state}, now))
+    return events

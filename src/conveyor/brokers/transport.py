@@ -1,0 +1,90 @@
+"""``Transport``: what only moves deliveries (AMQP, STOMP, ZeroMQ; ``memory`` is the reference).
+
+A transport keeps no job history: a delivery names a job (its id, queue, priority and place),
+and the job itself (arguments, attempts, state, result) lives in the store it is paired with by
+:class:`~conveyor.brokers.paired.PairedBroker`. Five operations, all batch-first:
+
+* ``send(dispatches)``: carry these jobs to their queues.
+* ``receive(queues, limit, timeout)``: up to ``limit`` deliveries from ``queues`` (in that order of
+  preference), waiting up to ``timeout`` seconds for the first (0: never blocks). A received
+  delivery is held (unacknowledged) until it is settled or requeued.
+* ``settle(deliveries)``: done with them (the job ran, or the delivery was a duplicate).
+* ``requeue(deliveries)``: give them back, in their place where the transport can.
+* ``purge(queue)``: drop every waiting delivery of ``queue``.
+
+Capabilities are declared as class attributes, never probed; a paired broker presents them to the
+worker as its own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .records import Dispatch
+
+__all__ = ["Delivery", "Transport"]
+
+
+@dataclass(slots=True, frozen=True)
+class Delivery:
+    """One received delivery of a job; ``tag`` is the transport's own handle to settle it by."""
+
+    job_id: str
+    queue: str
+    priority: int = 0
+    order: int = 0
+    tag: Any = None
+    #: True when the transport has handed this delivery out before (it was requeued or lost).
+    redelivered: bool = False
+
+
+class Transport(ABC):
+    """Base class of every transport."""
+
+    scheme: ClassVar[str] = ""
+    #: ``receive`` can wait for a delivery (else the paired broker polls).
+    supports_blocking_fetch: ClassVar[bool] = False
+    #: Deliveries of higher priority come first within a queue.
+    supports_priorities: ClassVar[bool] = False
+    #: The transport can hold a delivery until a time (else delays wait in the store's schedule).
+    supports_native_delays: ClassVar[bool] = False
+    #: False for a transport living in one process (memory): the worker then refuses a process pool.
+    shared_between_processes: ClassVar[bool] = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect now instead of on first use. Raises BrokerError."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; held deliveries go back to their queues. It may be opened again."""
+
+    def fork(self) -> Transport:
+        """A new, unopened transport on the same URL, for another process or thread."""
+        return type(self)(self.url)
+
+    @abstractmethod
+    def send(self, dispatches: Sequence[Dispatch]) -> None:
+        """Carry the jobs to their queues, in one round trip where the transport can. Raises
+        BrokerError when it could not (the store's outbox keeps them for a later send)."""
+
+    @abstractmethod
+    def receive(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Up to ``limit`` deliveries from ``queues``, in that order of preference; waits up to
+        ``timeout`` seconds for the first one (0: never blocks)."""
+
+    @abstractmethod
+    def settle(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge deliveries: they are not delivered again."""
+
+    @abstractmethod
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Give deliveries back to their queues, in their place where the transport can."""
+
+    @abstractmethod
+    def purge(self, queue: str) -> int:
+        """Drop the waiting deliveries of ``queue``; how many."""
