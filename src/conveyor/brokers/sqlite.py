@@ -16,14 +16,12 @@ URL: ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``; options as quer
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from importlib.resources import files
 from itertools import groupby
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -34,19 +32,14 @@ from ..errors import BrokerError, JobNotFound
 from . import Broker, Clock, Event, ExtendResult, JobPage, JobRecord, Lease, Message, Outcome, WorkerInfo
 from ._local_wake import Waiter, Waker, wake_folder
 from .memory import LOST_LEASE
+from .named import read_blocks
 
 #: The change log keeps at most this many events, and none older than EVENT_AGE seconds.
 EVENT_KEEP = 100_000
 EVENT_AGE = 600.0
 
 
-def _load_queries() -> dict[str, str]:
-    text = files(__package__).joinpath("sqlite.sql").read_text()
-    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
-
-
-Q = _load_queries()
+Q = read_blocks(__package__, "sqlite_schema.sql", "sqlite_queries.sql")
 _JSON_FIELDS = ("error", "history")
 
 
