@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, overload
 
-from .brokers import Broker, from_url
+from .brokers import Broker, JobStore, from_url
 from .config import Settings, load_settings
 from .errors import ConfigError, JobNotFound, UnknownTask
 from .job import Job
@@ -29,7 +29,8 @@ class Conveyor:
 
     Args:
         url: broker URL; default from ``CONVEYOR_URL`` or settings, else ``sqlite:///conveyor.db``.
-        store: job store URL, for brokers that have no store of their own.
+        store: job store URL, for a transport ``url`` (which keeps no job history); default
+            from ``CONVEYOR_STORE``. Given with a store ``url``, it must be the same URL.
         settings: a prebuilt :class:`~conveyor.config.Settings` (default: loaded from the
             environment and ``conveyor.toml``/``pyproject.toml``).
         clock: the time source of the broker (a ``conveyor.testing.FakeClock`` in tests).
@@ -54,13 +55,18 @@ class Conveyor:
     # -- broker ------------------------------------------------------------------------------
     @property
     def broker(self) -> Broker:
-        """The broker (and job store), created on first use."""
+        """The broker the worker uses, created on first use: the store itself when it claims
+        natively, else the transport of ``url`` paired with ``store``. Raises ConfigError for a
+        transport without a store, or a second store next to one that keeps its own jobs."""
         if self._broker is None:
-            if self.settings.store is not None:
-                raise ConfigError("store= is for brokers without a store of their own; "
-                                  f"{self.settings.url.split('://')[0]}:// keeps its own jobs")
-            self._broker = from_url(self.settings.url, clock=self.clock)
+            self._broker = from_url(self.settings.url, self.settings.store, clock=self.clock)
         return self._broker
+
+    @property
+    def store(self) -> JobStore:
+        """The job database (what the web app, the CLI and :class:`Job` read): the broker itself
+        for a store that claims natively, else the store paired with the transport."""
+        return self.broker.store
 
     def open(self) -> Conveyor:
         """Connect now (raises BrokerError with the reason if the broker cannot be used)."""

@@ -1,6 +1,7 @@
 """Fixtures of the broker contract suite: every test in ``tests/contract`` runs against every broker.
 
-A new broker joins the suite by adding one factory to ``BROKERS`` (a server-backed one calls
+A new broker joins the suite by adding one factory to ``BROKERS``; a new transport joins the pairing
+axis as ``_paired(store)`` entries (a server-backed one calls
 ``conveyor.testing.require_service`` first, so a missing server skips locally and fails in CI).
 Every broker gets the same :class:`FakeClock`, so tests move time instead of sleeping.
 """
@@ -22,6 +23,8 @@ import uuid_utils
 
 from conveyor.brokers import Broker, Message
 from conveyor.brokers.memory import MemoryBroker
+from conveyor.brokers.memory_transport import MemoryTransport
+from conveyor.brokers.paired import PairedBroker
 from conveyor.brokers.sqlite import SQLiteBroker
 from conveyor.testing import FakeClock, require_service
 
@@ -136,11 +139,22 @@ def _stop_cluster() -> Iterator[None]:
         _CLUSTER.pop()[0].stop()
 
 
+def _paired(store: Callable[[Path, FakeClock], Broker]) -> Callable[[Path, FakeClock], Broker]:
+    """The pairing axis: the memory transport carries the jobs of ``store``."""
+
+    def factory(tmp_path: Path, clock: FakeClock) -> Broker:
+        return PairedBroker(MemoryTransport(), store(tmp_path, clock))
+
+    return factory
+
+
 BROKERS: dict[str, Callable[[Path, FakeClock], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
     "redis-cluster": _redis_cluster,
+    "memory-transport+memory": _paired(_memory),
+    "memory-transport+sqlite": _paired(_sqlite),
 }
 
 

@@ -20,6 +20,7 @@ from .records import (
     ACTIVE_STATES,
     TERMINAL_STATES,
     Clock,
+    Dispatch,
     Event,
     ExtendResult,
     JobPage,
@@ -48,6 +49,7 @@ class MemoryBroker(Broker):
     supports_notify = True
     shared_between_processes = False
     supports_search = True
+    supports_pairing = True
 
     def __init__(self, url: str = "memory://", *, clock: Clock | None = None) -> None:
         super().__init__(url, clock=clock)
@@ -63,6 +65,7 @@ class MemoryBroker(Broker):
         self._events: deque[Event] = deque(maxlen=EVENT_RING)
         self._event_ids = itertools.count(1)
         self._last_event = 0
+        self._outbox: dict[str, None] | None = None  # paired: queued jobs to send, in that order
 
     def fork(self) -> Broker:
         """The same in-process state (threads share one memory broker)."""
@@ -78,6 +81,9 @@ class MemoryBroker(Broker):
         self._emit("job", job_event_data(job))
 
     def _push_ready(self, job: JobRecord) -> None:
+        if self._outbox is not None:  # paired: a transport carries it, not the ready heap
+            self._outbox[job.id] = None
+            return
         heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, self._seq[job.id], job.id))
 
     def _push_schedule(self, job: JobRecord) -> None:
@@ -100,7 +106,8 @@ class MemoryBroker(Broker):
             self._push_schedule(job)
         self._changed(job)
 
-    def _promote(self, now: float) -> None:
+    def _promote(self, now: float) -> int:
+        n = 0
         while self._schedule and self._schedule[0][0] <= now:
             run_at, _, job_id = heapq.heappop(self._schedule)
             job = self._jobs.get(job_id)
@@ -109,6 +116,8 @@ class MemoryBroker(Broker):
                 job.updated_at = now
                 self._push_ready(job)
                 self._changed(job)
+                n += 1
+        return n
 
     def _lose(self, job: JobRecord, now: float, error: Mapping[str, object]) -> None:
         """A running job whose worker is gone: back to the queue, or failed when out of attempts
@@ -168,19 +177,59 @@ class MemoryBroker(Broker):
                     job = self._jobs.get(job_id)
                     if job is None or job.state != "queued" or self._seq[job_id] != seq:
                         continue
-                    job.state, job.consumer = "running", consumer
-                    job.attempts += 1
-                    job.token += 1
-                    job.lease_until = now + lease
-                    job.updated_at = now
-                    job.started_at = None  # reserved until the worker marks the start
-                    job.cancel_requested = False
-                    self._changed(job)
-                    out.append(Lease(job.id, job.token, job.task, job.queue, job.payload, job.attempts,
-                                     job.max_attempts, job.timeout, job.lease_until, job.priority))
+                    out.append(self._lease(job, now, lease, consumer))
                 if len(out) >= limit:
                     break
         return out
+
+    def _lease(self, job: JobRecord, now: float, lease: float, consumer: str) -> Lease:
+        job.state, job.consumer = "running", consumer
+        job.attempts += 1
+        job.token += 1
+        job.lease_until = now + lease
+        job.updated_at = now
+        job.started_at = None  # reserved until the worker marks the start
+        job.cancel_requested = False
+        self._changed(job)
+        return Lease(job.id, job.token, job.task, job.queue, job.payload, job.attempts,
+                     job.max_attempts, job.timeout, job.lease_until, job.priority)
+
+    # -- pairing hooks (see JobStore) ----------------------------------------------------------
+    def claim_jobs(self, job_ids: Sequence[str], lease: float, consumer: str) -> list[Lease]:
+        now = self.clock()
+        with self._lock:
+            jobs = [self._jobs.get(job_id) for job_id in job_ids]
+            return [self._lease(job, now, lease, consumer) for job in jobs
+                    if job is not None and job.state == "queued" and job.queue not in self._paused]
+
+    def use_outbox(self) -> None:
+        with self._lock:
+            if self._outbox is None:
+                self._outbox = {}
+                queued = sorted((j for j in self._jobs.values() if j.state == "queued"), key=lambda j: self._seq[j.id])
+                self._outbox.update((j.id, None) for j in queued)
+                self._ready.clear()
+
+    def outbox(self, limit: int = 1000, job_ids: Sequence[str] | None = None) -> list[Dispatch]:
+        out: list[Dispatch] = []
+        with self._lock:
+            marked = self._outbox or {}
+            for job_id in list(marked) if job_ids is None else [j for j in job_ids if j in marked]:
+                job = self._jobs.get(job_id)
+                if job is None or job.state != "queued":
+                    marked.pop(job_id, None)  # cancelled or deleted since: nothing to carry
+                elif len(out) < limit:
+                    out.append(Dispatch(job.id, job.queue, job.priority, self._seq[job.id]))
+        return out
+
+    def mark_sent(self, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                (self._outbox or {}).pop(job_id, None)
+
+    def promote(self) -> int:
+        with self._lock:
+            return self._promote(self.clock())
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         with self._lock:

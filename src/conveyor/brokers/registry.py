@@ -132,4 +132,9 @@ def from_url(url: str, store: str | None = None, *, clock: Clock | None = None) 
                 f"so store={redact_url(store)!r} would be a second, unused job database. "
                 "Drop store= (or CONVEYOR_STORE), or give the same URL")
         return cls(url, clock=clock)
-    raise ConfigError(f"pairing {scheme}:// with a store is not available yet")
+    from .paired import PairedBroker
+
+    job_store = broker_class(store)(store, clock=clock)
+    if not job_store.supports_pairing:
+        raise ConfigError(f"the {_scheme(store)}:// store cannot be paired with a transport yet")
+    return PairedBroker(transport_cls(url), job_store)

@@ -33,6 +33,7 @@ from . import Broker, Clock, Event, ExtendResult, JobPage, JobRecord, Lease, Mes
 from ._local_wake import Waiter, Waker, wake_folder
 from .memory import LOST_LEASE
 from .named import read_blocks
+from .sqlite_pairing import SQLitePairing
 
 #: The change log keeps at most this many events, and none older than EVENT_AGE seconds.
 EVENT_KEEP = 100_000
@@ -59,7 +60,7 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     return path, options
 
 
-class SQLiteBroker(Broker):
+class SQLiteBroker(SQLitePairing, Broker):
     """Broker and job store in one SQLite file (WAL, durable commits)."""
 
     scheme = "sqlite"
@@ -106,6 +107,7 @@ class SQLiteBroker(Broker):
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.executescript("BEGIN IMMEDIATE;\n" + Q["schema"] + "\nCOMMIT;")
+            self._install_outbox(conn)
         except sqlite3.Error as exc:
             raise BrokerError(f"cannot open SQLite database {where}: {exc}") from None
         self._conn = conn

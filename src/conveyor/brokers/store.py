@@ -16,7 +16,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from .records import (
     STATES,
@@ -63,7 +63,8 @@ class JobStore(ABC):
     notification or polling from them (a paired broker takes them from its transport).
     """
 
-    scheme: ClassVar[str] = ""
+    #: The URL scheme (a paired broker takes its transport's).
+    scheme: str = ""
     supports_blocking_fetch: bool = False
     supports_native_delays: bool = False
     supports_priorities: bool = True
@@ -420,9 +421,9 @@ class JobStore(ABC):
         broker calls this once; forks of the store carry it."""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
 
-    def outbox(self, limit: int = 1000) -> list[Dispatch]:
-        """Up to ``limit`` marked jobs that are still ``queued``, in queue order (unmarking the
-        others: cancelled or deleted jobs need no delivery)."""
+    def outbox(self, limit: int = 1000, job_ids: Sequence[str] | None = None) -> list[Dispatch]:
+        """Up to ``limit`` marked jobs that are still ``queued`` (of ``job_ids`` only, when given),
+        oldest mark first, unmarking the others: cancelled or deleted jobs need no delivery."""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
 
     def mark_sent(self, job_ids: Sequence[str]) -> None:

@@ -1,0 +1,301 @@
+"""``PairedBroker``: a broker made of a transport (which moves deliveries) and a job store.
+
+The store is the truth: every job, attempt, lease and outcome is written there, fenced exactly as
+a store that claims natively would do it. The transport only carries job ids:
+
+* **enqueue** writes the records, then sends them. The store keeps an *outbox*: every job that
+  becomes ``queued`` (enqueued, due, handed back, recovered, retried by hand — by any process) is
+  marked until a send of it succeeded. What is still marked is sent again by maintenance
+  (``recover``), so nothing is lost between the write and the send.
+* **fetch** receives deliveries and claims each one in the store (:meth:`JobStore.claim_jobs`).
+  Duplicates, and deliveries of cancelled, deleted or already leased jobs, are settled and dropped.
+  A claimed delivery is held until its outcome.
+* **ack** writes the outcomes, then settles the held deliveries; a job handed back unstarted is
+  requeued in the transport instead, so it keeps its place where the transport can.
+* Everything else (control, queries, heartbeats) goes to the store.
+
+Delays wait in the store's schedule, never in the transport; ``fetch`` and ``recover`` move due
+jobs to the queue, and so into the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..errors import BrokerError, ConfigError
+from .records import Event, ExtendResult, JobPage, JobQuery, JobRecord, Lease, Message, Outcome, WorkerInfo
+from .store import Broker, JobStore
+from .transport import Delivery, Transport
+
+__all__ = ["PairedBroker"]
+
+log = logging.getLogger(__name__)
+
+#: Capabilities a paired broker takes from its transport.
+_TRANSPORT_FLAGS = ("supports_blocking_fetch", "supports_priorities")
+#: Most outbox entries one maintenance pass sends.
+OUTBOX_BATCH = 1000
+
+
+class PairedBroker(Broker):
+    """The broker facade over ``transport`` and ``store`` (see the module docstring).
+
+    Args:
+        transport: carries deliveries; it keeps no job history.
+        store: the job database; it must support pairing (``supports_pairing``).
+    """
+
+    supports_native_delays = False
+    supports_notify = False
+    supports_transactions = False
+
+    def __init__(self, transport: Transport, store: JobStore) -> None:
+        if isinstance(store, PairedBroker) or not store.supports_pairing:
+            raise ConfigError(f"the {store.scheme}:// store cannot be paired with a transport")
+        super().__init__(transport.url, clock=store.clock)
+        self.transport = transport
+        self._store = store
+        self.scheme = transport.scheme
+        for name in _TRANSPORT_FLAGS:
+            setattr(self, name, getattr(transport, name))
+        self.shared_between_processes = transport.shared_between_processes and store.shared_between_processes
+        self.supports_search = store.supports_search
+        store.use_outbox()
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, int], tuple[Delivery, str]] = {}  # (job id, token) -> (delivery, consumer)
+        self._stash: list[Delivery] = []  # received by wait(), claimed by the next fetch()
+
+    def __repr__(self) -> str:
+        return f"<PairedBroker {self.transport.scheme}:// + {self._store.scheme}://>"
+
+    @property
+    def store(self) -> JobStore:
+        """The job store (what the web app, the CLI and ``Job`` read)."""
+        return self._store
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:
+        self._store.open()
+        self.transport.open()
+
+    def close(self) -> None:
+        with self._lock:
+            stash, self._stash = self._stash, []
+        try:
+            if stash:
+                self.transport.requeue(stash)
+        finally:
+            self.transport.close()
+            self._store.close()
+
+    def fork(self) -> PairedBroker:
+        return PairedBroker(self.transport.fork(), self._store.fork())
+
+    # -- the outbox --------------------------------------------------------------------------
+    def _send(self, job_ids: Sequence[str] | None = None) -> int:
+        """Send what the store's outbox holds (of ``job_ids`` only, when given); how many.
+        A failed send is logged, not raised: the outbox keeps the jobs for maintenance."""
+        sent = 0
+        while True:
+            dispatches = self._store.outbox(OUTBOX_BATCH, job_ids)
+            if not dispatches:
+                return sent
+            try:
+                self.transport.send(dispatches)
+            except BrokerError as exc:
+                log.warning("%d job(s) written but not sent (%s); the outbox sends them again", len(dispatches), exc)
+                return sent
+            self._store.mark_sent([d.job_id for d in dispatches])
+            sent += len(dispatches)
+            if job_ids is not None or len(dispatches) < OUTBOX_BATCH:
+                return sent
+
+    # -- moving jobs -------------------------------------------------------------------------
+    def enqueue(self, messages: Sequence[Message]) -> list[str]:
+        ids = self._store.enqueue(messages)
+        fresh = list(dict.fromkeys(m.id for m, job_id in zip(messages, ids) if job_id == m.id))
+        if fresh:
+            self._send(fresh)
+        return ids
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        if limit <= 0:
+            return []
+        if self._store.promote():
+            self._send()
+        paused = self._store.paused_queues()
+        wanted = [q for q in queues if q not in paused]
+        if not wanted:
+            return []
+        with self._lock:
+            taken = [d for d in self._stash if d.queue in wanted][:limit]
+            self._stash = [d for d in self._stash if d not in taken]
+        deliveries = taken + self.transport.receive(wanted, limit - len(taken), 0.0)
+        leases: list[Lease] = []
+        while deliveries:  # dropped deliveries (duplicates, cancelled jobs) make room for more
+            leases += self._claim(deliveries, lease, consumer)
+            if len(leases) >= limit:
+                break
+            deliveries = self.transport.receive(wanted, limit - len(leases), 0.0)
+        return leases
+
+    def _claim(self, deliveries: list[Delivery], lease: float, consumer: str) -> list[Lease]:
+        try:
+            leases = self._store.claim_jobs([d.job_id for d in deliveries], lease, consumer)
+        except BaseException:
+            self.transport.requeue(deliveries)
+            raise
+        by_id = {x.job_id: x for x in leases}
+        drop: list[Delivery] = []
+        with self._lock:
+            for d in deliveries:
+                got = by_id.pop(d.job_id, None)  # a second delivery of one job is a duplicate
+                if got is None:
+                    drop.append(d)
+                else:
+                    self._held[(got.job_id, got.token)] = (d, consumer)
+        if drop:
+            self.transport.settle(drop)
+        return leases
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until a delivery arrives (kept for the next fetch) or ``timeout``."""
+        with self._lock:
+            if self._stash:
+                return
+        paused = self._store.paused_queues()
+        wanted = [q for q in queues if q not in paused]
+        if not wanted:
+            super().wait(queues, timeout)
+            return
+        got = self.transport.receive(wanted, 1, timeout)
+        with self._lock:
+            self._stash.extend(got)
+
+    def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        accepted = self._store.ack(outcomes)
+        now = self.clock()
+        settle: list[Delivery] = []
+        requeue: list[Delivery] = []
+        with self._lock:
+            for o, ok in zip(outcomes, accepted):
+                held = self._held.pop((o.job_id, o.token), None)
+                if held is None:
+                    continue
+                back = ok and o.state == "queued" and (o.run_at is None or o.run_at <= now)
+                (requeue if back else settle).append(held[0])
+        if settle:
+            self.transport.settle(settle)
+        if requeue:  # handed back unstarted: the same delivery, in its place
+            self.transport.requeue(requeue)
+            self._store.mark_sent([d.job_id for d in requeue])
+        if any(ok and o.state == "queued" for o, ok in zip(outcomes, accepted)):
+            self._send([o.job_id for o, ok in zip(outcomes, accepted) if ok and o.state == "queued"])
+        return accepted
+
+    def _drop_held(self, keep: Any) -> None:
+        """Settle the held deliveries for which ``keep(key, consumer)`` is false."""
+        with self._lock:
+            gone = [key for key, (_, consumer) in self._held.items() if not keep(key, consumer)]
+            done = [self._held.pop(key)[0] for key in gone]
+        if done:
+            self.transport.settle(done)
+
+    def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
+        result = self._store.extend(leases, lease)
+        if result.lost:
+            lost = {(j, t) for j, t in leases if j in result.lost}
+            self._drop_held(lambda key, _: key not in lost)
+        return result
+
+    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
+        self._store.mark_started(marks)
+
+    def reserved_counts(self) -> dict[str, int]:
+        return self._store.reserved_counts()
+
+    def progress(self, job_id: str, token: int, fraction: float | None, message: str | None) -> bool:
+        return self._store.progress(job_id, token, fraction, message)
+
+    def recover(self) -> int:
+        """Expired leases back and due jobs to the queue (in the store), then send the outbox:
+        those jobs, and any whose send was lost."""
+        n = self._store.recover()
+        self._send()
+        return n
+
+    def release(self, consumer: str, reason: str) -> int:
+        n = self._store.release(consumer, reason)
+        self._drop_held(lambda _, held_by: held_by != consumer)
+        self._send()
+        return n
+
+    # -- control: the store's, then the outbox where a job was queued again -------------------
+    def cancel(self, job_id: str) -> str:
+        return self._store.cancel(job_id)
+
+    def retry(self, job_id: str) -> str:
+        state = self._store.retry(job_id)
+        self._send([job_id])
+        return state
+
+    def delete(self, job_id: str) -> bool:
+        return self._store.delete(job_id)
+
+    def pause(self, queue: str) -> None:
+        self._store.pause(queue)
+
+    def resume(self, queue: str) -> None:
+        self._store.resume(queue)
+
+    def purge(self, queue: str | None, states: Iterable[str] = ("queued", "scheduled")) -> int:
+        """Deletes the jobs in the store; their deliveries are dropped when they arrive (purging
+        the transport too could drop the delivery of a job enqueued meanwhile)."""
+        return self._store.purge(queue, states)
+
+    def prune(self, older_than: float) -> int:
+        return self._store.prune(older_than)
+
+    # -- queries: the store's ---------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._store.get(job_id)
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        return self._store.get_many(job_ids)
+
+    def wait_for(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        return self._store.wait_for(job_id, timeout)
+
+    def list_jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None,
+                  limit: int = 50, cursor: str | None = None) -> JobPage:
+        return self._store.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
+
+    def search_jobs(self, query: JobQuery | None = None, /, **filters: Any) -> JobPage:
+        return self._store.search_jobs(query, **filters)
+
+    def find_by_key(self, key: str) -> JobRecord | None:
+        return self._store.find_by_key(key)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return self._store.counts()
+
+    def paused_queues(self) -> set[str]:
+        return self._store.paused_queues()
+
+    def stats(self, since: float, bucket: float) -> list[dict[str, Any]]:
+        return self._store.stats(since, bucket)
+
+    def changes(self, after: str | None, limit: int = 500) -> tuple[list[Event], str]:
+        return self._store.changes(after, limit)
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        self._store.heartbeat(worker)
+
+    def unregister(self, worker_id: str) -> None:
+        self._store.unregister(worker_id)
+
+    def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
+        return self._store.workers(max_age)
