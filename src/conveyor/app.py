@@ -149,7 +149,7 @@ class Conveyor:
 
     def get_job(self, job_id: str) -> Job[Any]:
         """The job with that id, loaded from the store. Raises JobNotFound."""
-        record = self.broker.get(job_id)
+        record = self.store.get(job_id)
         if record is None:
             raise JobNotFound(job_id)
         return Job(self, job_id, self.tasks.get(record.task), record)

@@ -267,7 +267,7 @@ def jobs(app_spec: str, state: str | None, queue: str | None, task: str | None, 
       conveyor jobs myapp.jobs:app --json | jq '.jobs[].id'
     """
     app = load_app(app_spec)
-    page = app.broker.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
+    page = app.store.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
     if as_json:
         _emit_json({"jobs": [_record_dict(app, r) for r in page.jobs], "cursor": page.cursor})
         return
@@ -296,7 +296,7 @@ def job(app_spec: str, job_id: str, as_json: bool) -> None:
       conveyor job myapp.jobs:app 01a237d2-5ebf-7097-8ea8-ce179d278d00 --json
     """
     app = load_app(app_spec)
-    record = find_job(app.broker, job_id)
+    record = find_job(app.store, job_id)
     data = _record_dict(app, record)
     if as_json:
         _emit_json(data)
@@ -315,7 +315,7 @@ def retry(app_spec: str, job_id: str) -> None:
       conveyor retry myapp.jobs:app 5e1c9a07
     """
     app = load_app(app_spec)
-    found = find_job(app.broker, job_id).id
+    found = find_job(app.store, job_id).id
     try:
         state = app.broker.retry(found)
     except ValueError as exc:
@@ -334,7 +334,7 @@ def cancel(app_spec: str, job_id: str) -> None:
       conveyor cancel myapp.jobs:app 5e1c9a07
     """
     app = load_app(app_spec)
-    found = find_job(app.broker, job_id).id
+    found = find_job(app.store, job_id).id
     state = app.broker.cancel(found)
     note = " (cancellation requested; the task stops at its next check)" if state == "running" else ""
     click.echo(f"{found} {state}{note}")
@@ -361,13 +361,13 @@ def queues(app_spec: str, pause: str | None, resume: str | None, as_json: bool) 
         app.broker.pause(pause)
     if resume:
         app.broker.resume(resume)
-    infos = {q.name: q for q in app.broker.queues()}
+    infos = {q.name: q for q in app.store.queues()}
     for name in app.queues:
         if name not in infos:
             from .brokers import QueueInfo
 
             infos[name] = QueueInfo(name, False, dict.fromkeys(STATES, 0))
-    reserved = app.broker.reserved_counts()
+    reserved = app.store.reserved_counts()
     rows = [infos[n] for n in sorted(infos)]
     if as_json:
         _emit_json([{**asdict(q), "reserved": reserved.get(q.name, 0)} for q in rows])
@@ -389,9 +389,9 @@ def workers(app_spec: str, as_json: bool) -> None:
       conveyor workers myapp.jobs:app
     """
     app = load_app(app_spec)
-    found = sorted(app.broker.workers(), key=lambda w: (w.hostname, w.supervisor or "", w.pid, w.id))
+    found = sorted(app.store.workers(), key=lambda w: (w.hostname, w.supervisor or "", w.pid, w.id))
     running = [job_id for w in found for job_id in w.current]
-    records = {r.id: r for r in app.broker.get_many(running) if r is not None} if running else {}
+    records = {r.id: r for r in app.store.get_many(running) if r is not None} if running else {}
     if as_json:
         _emit_json([{**asdict(w), "running": [{"id": i, "task": records[i].task if i in records else None}
                                               for i in w.current]} for w in found])

@@ -47,7 +47,7 @@ class Job(Generic[R]):
     # -- reading -----------------------------------------------------------------------------
     def refresh(self) -> Job[R]:
         """Reload the job's record from the store. Raises JobNotFound."""
-        record = self.app.broker.get(self.id)
+        record = self.app.store.get(self.id)
         if record is None:
             raise JobNotFound(self.id)
         self._record = record
@@ -135,8 +135,8 @@ class Job(Generic[R]):
             JobCancelled: the job was cancelled.
             TimeoutError: it had not ended after ``timeout`` seconds.
         """
-        # The broker blocks until the job ends where it can be told so (Redis), else polls the store.
-        record = self.app.broker.wait_for(self.id, timeout)
+        # The store blocks until the job ends where it can be told so (Redis), else polls.
+        record = self.app.store.wait_for(self.id, timeout)
         if record is None:
             raise JobNotFound(self.id)
         self._record = record

@@ -18,7 +18,7 @@ from .errors import ConfigError, JobNotFound
 
 if TYPE_CHECKING:
     from .app import Conveyor
-    from .brokers import Broker, JobRecord
+    from .brokers import JobRecord, JobStore
 
 __all__ = ["AmbiguousJobId", "AppNotFound", "find_job", "load_app"]
 
@@ -90,7 +90,7 @@ def load_app(spec: str) -> Conveyor:
     return app
 
 
-def find_job(broker: Broker, fragment: str) -> JobRecord:
+def find_job(broker: JobStore, fragment: str) -> JobRecord:
     """The job whose id is ``fragment``, starts with it, or (the short id the lists show) ends with it.
 
     A prefix is looked up through the store's id order (one query); an ending is looked for among
@@ -118,7 +118,7 @@ def find_job(broker: Broker, fragment: str) -> JobRecord:
     return matches[0]
 
 
-def _ending_with(broker: Broker, fragment: str) -> list[JobRecord]:
+def _ending_with(broker: JobStore, fragment: str) -> list[JobRecord]:
     found: list[JobRecord] = []
     cursor: str | None = None
     scanned = 0

@@ -1,5 +1,5 @@
 """Live updates: one pump thread per web app reads the store's change feed
-(:meth:`Broker.changes`) and fans the events out to every Server-Sent Events client, so fifty open
+(:meth:`JobStore.changes`) and fans the events out to every Server-Sent Events client, so fifty open
 dashboards cost one poll of the store, not fifty.
 
 The stream (``GET /api/events``) is ``text/event-stream``::
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import orjson
 
-from ..brokers import Broker, Event
+from ..brokers import Event, JobStore
 
 log = logging.getLogger("conveyor.web")
 
@@ -115,7 +115,7 @@ class EventPump:
     #: larger batches cost the server less than many small ones.
     batch = 5000
 
-    def __init__(self, make_broker: Callable[[], Broker], interval: float = 0.25, backlog: int = 5000,
+    def __init__(self, make_broker: Callable[[], JobStore], interval: float = 0.25, backlog: int = 5000,
                  idle: float = 60.0) -> None:
         self.make_broker = make_broker
         self.interval = interval
@@ -124,7 +124,7 @@ class EventPump:
         self._subscribers: set[Subscription] = set()
         self._recent: deque[Event] = deque(maxlen=backlog)
         self._cursor: str | None = None
-        self._broker: Broker | None = None
+        self._broker: JobStore | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -132,7 +132,7 @@ class EventPump:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def _reader(self) -> Broker:
+    def _reader(self) -> JobStore:
         if self._broker is None:
             self._broker = self.make_broker()
         return self._broker

@@ -159,14 +159,14 @@ def search(app: Conveyor, filters: JobFilter, limit: int, cursor: str | None = N
     state: its jobs are read among the running ones (few: what workers hold), asking each time
     for no more than the page still lacks, so that the cursor never skips one."""
     if filters.state != "reserved":
-        return app.broker.search_jobs(state=filters.state, queue=filters.queue, task=filters.task,
+        return app.store.search_jobs(state=filters.state, queue=filters.queue, task=filters.task,
                                       search=filters.search, since=filters.since, until=filters.until,
                                       limit=limit, cursor=cursor)
     found: list[JobRecord] = []
     scanned = reads = 0
     while len(found) < limit and scanned < RESERVED_SCAN and reads < RESERVED_READS:
         reads += 1
-        page = app.broker.search_jobs(state="running", queue=filters.queue, task=filters.task,
+        page = app.store.search_jobs(state="running", queue=filters.queue, task=filters.task,
                                       search=filters.search, since=filters.since, until=filters.until,
                                       limit=limit - len(found), cursor=cursor)
         found += [r for r in page.jobs if is_reserved(r)]
@@ -208,7 +208,7 @@ def job_detail(app: Conveyor, r: JobRecord) -> dict[str, Any]:
 
 
 def _record(app: Conveyor, job_id: str) -> JobRecord:
-    record = app.broker.get(job_id)
+    record = app.store.get(job_id)
     if record is None:
         raise NotFound(f"no job with id {job_id!r}", field="id")
     return record
@@ -264,7 +264,7 @@ def enqueue(app: Conveyor, body: Any, idempotency_key: str | None = None) -> tup
         if key is not None and key != idempotency_key:
             raise Unprocessable("key and the Idempotency-Key header differ; give one", field="key")
         key = idempotency_key
-        existing = app.broker.find_by_key(key)
+        existing = app.store.find_by_key(key)
         if existing is not None:
             return 200, job_detail(app, existing)
     if key is not None:
@@ -363,7 +363,7 @@ def bulk(app: Conveyor, body: Any) -> dict[str, Any]:
             if action == "retry":
                 app.broker.retry(job_id)
             elif action == "cancel":
-                before = app.broker.get(job_id)
+                before = app.store.get(job_id)
                 if before is None:
                     raise JobNotFound(job_id)
                 if before.state not in ("queued", "scheduled", "running"):
@@ -383,8 +383,8 @@ def bulk(app: Conveyor, body: Any) -> dict[str, Any]:
 def list_queues(app: Conveyor) -> dict[str, Any]:
     """``GET /api/queues``: every queue (the app's own too, when empty), depth by state, paused.
     ``counts.reserved`` is the part of ``counts.running`` that has not started yet."""
-    infos = {q.name: q for q in app.broker.queues()}
-    reserved = app.broker.reserved_counts()
+    infos = {q.name: q for q in app.store.queues()}
+    reserved = app.store.reserved_counts()
     names = sorted(set(infos) | set(app.queues))
     out = []
     for name in names:
@@ -420,9 +420,9 @@ def queue_action(app: Conveyor, name: str, action: str, body: Any = None) -> dic
 
 def list_workers(app: Conveyor) -> dict[str, Any]:
     """``GET /api/workers``: workers heard from in the last minute."""
-    now = app.broker.clock()
+    now = app.store.clock()
     workers = []
-    for w in sorted(app.broker.workers(), key=lambda w: (w.hostname, w.pid, w.id)):
+    for w in sorted(app.store.workers(), key=lambda w: (w.hostname, w.pid, w.id)):
         data = asdict(w)
         data["uptime"] = max(0.0, now - w.started_at)
         workers.append(data)
@@ -431,7 +431,7 @@ def list_workers(app: Conveyor) -> dict[str, Any]:
 
 def stats(app: Conveyor, query: Mapping[str, Any]) -> dict[str, Any]:
     """``GET /api/stats``: finished jobs per queue per bucket (counts, run and wait times)."""
-    now = app.broker.clock()
+    now = app.store.clock()
     bucket = parse_int(query.get("bucket"), "bucket", 60, 1, 86400)
     since = parse_time(query.get("since"), "since")
     if since is None:
@@ -439,5 +439,5 @@ def stats(app: Conveyor, query: Mapping[str, Any]) -> dict[str, Any]:
     if (now - since) / bucket > MAX_STATS_BUCKETS:
         raise Unprocessable(f"since and bucket give more than {MAX_STATS_BUCKETS} buckets; widen the bucket",
                             field="bucket")
-    return {"since": since, "until": now, "bucket": bucket, "series": app.broker.stats(since, float(bucket)),
-            "reserved": {q: n for q, n in sorted(app.broker.reserved_counts().items()) if n}}
+    return {"since": since, "until": now, "bucket": bucket, "series": app.store.stats(since, float(bucket)),
+            "reserved": {q: n for q, n in sorted(app.store.reserved_counts().items()) if n}}

@@ -23,7 +23,7 @@ class StoreCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        broker = self.app.broker
+        store = self.app.store
         jobs = GaugeMetricFamily("conveyor_jobs", "Jobs in the store by queue and state.", labels=["queue", "state"])
         reserved = GaugeMetricFamily("conveyor_jobs_reserved",
                                      "Running jobs a worker holds that have not started yet (part of running).",
@@ -38,7 +38,7 @@ class StoreCollector(Collector):
         yield reserved
         yield paused
 
-        workers = broker.workers()
+        workers = store.workers()
         yield GaugeMetricFamily("conveyor_workers", "Workers heard from in the last minute.", value=len(workers))
         rss = GaugeMetricFamily("conveyor_worker_rss_bytes", "Resident memory of a worker process.",
                                 labels=["worker", "hostname", "pid"])
@@ -55,8 +55,8 @@ class StoreCollector(Collector):
         yield busy
         yield processed
 
-        now = broker.clock()
-        rows = broker.stats(now - 60.0, 60.0)
+        now = store.clock()
+        rows = store.stats(now - 60.0, 60.0)
         done = GaugeMetricFamily("conveyor_jobs_finished_last_minute", "Jobs finished in the last minute.",
                                  labels=["queue", "state"])
         run = GaugeMetricFamily("conveyor_job_run_seconds_last_minute",

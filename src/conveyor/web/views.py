@@ -70,23 +70,23 @@ def chart(rows: Sequence[Mapping[str, Any]], since: float, bucket: float, n: int
 
 def overview(app: Conveyor) -> dict[str, Any]:
     """The Overview page: totals by state, charts of the last hour, queues and workers."""
-    now = app.broker.clock()
+    now = app.store.clock()
     bucket, n = 60.0, 60
     since = math.floor((now - bucket * (n - 1)) / bucket) * bucket
-    rows = app.broker.stats(since, bucket)
+    rows = app.store.stats(since, bucket)
     queues = queues_page(app)["queues"]
     totals = {s: sum(q["shown"][s] for q in queues) for s in SHOWN_STATES}
     return {"totals": totals, "columns": SHOWN_STATES, "queues": queues,
             "workers": handlers.list_workers(app)["workers"],
             "throughput": chart(rows, since, bucket, n, "succeeded"),
             "failures": chart(rows, since, bucket, n, "failed"),
-            "recent_failed": [job_row(r, now) for r in app.broker.list_jobs(state="failed", limit=5).jobs]}
+            "recent_failed": [job_row(r, now) for r in app.store.list_jobs(state="failed", limit=5).jobs]}
 
 
 def jobs_page(app: Conveyor, query: Mapping[str, Any]) -> dict[str, Any]:
     """The Jobs (and Failed) list: one page of jobs as rows, and the filters that chose them.
     A bad filter is reported on the page (``error``, answered with 422), not raised."""
-    now = app.broker.clock()
+    now = app.store.clock()
     error = None
     try:
         filters = handlers.JobFilter.parse(query)
@@ -102,8 +102,8 @@ def jobs_page(app: Conveyor, query: Mapping[str, Any]) -> dict[str, Any]:
 
 def job_page(app: Conveyor, job_id: str) -> dict[str, Any]:
     """A job's page: everything about it, and how it reads."""
-    record = app.broker.get(job_id)
+    record = app.store.get(job_id)
     if record is None:
         raise handlers.NotFound(f"no job with id {job_id!r}", field="id")
-    now = app.broker.clock()
+    now = app.store.clock()
     return {"job": {**handlers.job_detail(app, record), **presented(record, now)}, "now": now}

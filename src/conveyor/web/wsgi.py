@@ -88,7 +88,7 @@ class WSGIApplication(DashboardPages):
         self.url_map = Map([Rule(r.rule, methods=[r.method], endpoint=r.endpoint) for r in ROUTES])
         self.routes: dict[str, Route] = {r.endpoint: r for r in ROUTES}
         self.jinja = template_environment()
-        self.pump = EventPump(app.broker.fork, interval=self.pump_interval)
+        self.pump = EventPump(app.store.fork, interval=self.pump_interval)
         self.registry = metrics.registry_for(app)
         self.secrets = secrets_of(app)
         static = files("conveyor.web").joinpath("static")
