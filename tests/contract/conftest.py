@@ -148,13 +148,18 @@ def _paired(store: Callable[[Path, FakeClock], Broker]) -> Callable[[Path, FakeC
     return factory
 
 
+#: The stores a transport can be paired with (the pairing axis; Redis joins once it claims by id).
+PAIRED_STORES: dict[str, Callable[[Path, FakeClock], Broker]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+
 BROKERS: dict[str, Callable[[Path, FakeClock], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
     "redis-cluster": _redis_cluster,
-    "memory-transport+memory": _paired(_memory),
-    "memory-transport+sqlite": _paired(_sqlite),
+    **{f"memory-transport+{name}": _paired(store) for name, store in PAIRED_STORES.items()},
 }
 
 
@@ -174,6 +179,12 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> 
         if drop is not None:
             drop()
         made.close()
+
+
+@pytest.fixture(params=list(PAIRED_STORES))
+def paired_store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Broker:
+    """An unopened store of the pairing axis, for tests of what pairing adds."""
+    return PAIRED_STORES[request.param](tmp_path, clock)
 
 
 @pytest.fixture
