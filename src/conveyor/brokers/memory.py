@@ -195,11 +195,11 @@ class MemoryBroker(Broker):
                      job.max_attempts, job.timeout, job.lease_until, job.priority)
 
     # -- pairing hooks (see JobStore) ----------------------------------------------------------
-    def claim_jobs(self, job_ids: Sequence[str], lease: float, consumer: str) -> list[Lease]:
+    def claim_jobs(self, jobs: Sequence[Dispatch], lease: float, consumer: str) -> list[Lease]:
         now = self.clock()
         with self._lock:
-            jobs = [self._jobs.get(job_id) for job_id in job_ids]
-            return [self._lease(job, now, lease, consumer) for job in jobs
+            found = [self._jobs.get(d.job_id) for d in jobs]
+            return [self._lease(job, now, lease, consumer) for job in found
                     if job is not None and job.state == "queued" and job.queue not in self._paused]
 
     def use_outbox(self) -> None:
@@ -210,11 +210,11 @@ class MemoryBroker(Broker):
                 self._outbox.update((j.id, None) for j in queued)
                 self._ready.clear()
 
-    def outbox(self, limit: int = 1000, job_ids: Sequence[str] | None = None) -> list[Dispatch]:
+    def outbox(self, limit: int = 1000, among: Sequence[Dispatch] | None = None) -> list[Dispatch]:
         out: list[Dispatch] = []
         with self._lock:
             marked = self._outbox or {}
-            for job_id in list(marked) if job_ids is None else [j for j in job_ids if j in marked]:
+            for job_id in list(marked) if among is None else [d.job_id for d in among if d.job_id in marked]:
                 job = self._jobs.get(job_id)
                 if job is None or job.state != "queued":
                     marked.pop(job_id, None)  # cancelled or deleted since: nothing to carry
@@ -222,10 +222,10 @@ class MemoryBroker(Broker):
                     out.append(Dispatch(job.id, job.queue, job.priority, self._seq[job.id]))
         return out
 
-    def mark_sent(self, job_ids: Sequence[str]) -> None:
+    def mark_sent(self, jobs: Sequence[Dispatch]) -> None:
         with self._lock:
-            for job_id in job_ids:
-                (self._outbox or {}).pop(job_id, None)
+            for d in jobs:
+                (self._outbox or {}).pop(d.job_id, None)
 
     def promote(self) -> int:
         with self._lock:

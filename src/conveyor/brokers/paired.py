@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import BrokerError, ConfigError
-from .records import Event, ExtendResult, JobPage, JobQuery, JobRecord, Lease, Message, Outcome, WorkerInfo
+from .records import Dispatch, Event, ExtendResult, JobPage, JobQuery, JobRecord, Lease, Message, Outcome, WorkerInfo
 from .store import Broker, JobStore
 from .transport import Delivery, Transport
 
@@ -95,12 +95,12 @@ class PairedBroker(Broker):
         return PairedBroker(self.transport.fork(), self._store.fork())
 
     # -- the outbox --------------------------------------------------------------------------
-    def _send(self, job_ids: Sequence[str] | None = None) -> int:
-        """Send what the store's outbox holds (of ``job_ids`` only, when given); how many.
+    def _send(self, among: Sequence[Dispatch] | None = None) -> int:
+        """Send what the store's outbox holds (of ``among`` only, when given); how many.
         A failed send is logged, not raised: the outbox keeps the jobs for maintenance."""
         sent = 0
         while True:
-            dispatches = self._store.outbox(OUTBOX_BATCH, job_ids)
+            dispatches = self._store.outbox(OUTBOX_BATCH, among)
             if not dispatches:
                 return sent
             try:
@@ -108,17 +108,17 @@ class PairedBroker(Broker):
             except BrokerError as exc:
                 log.warning("%d job(s) written but not sent (%s); the outbox sends them again", len(dispatches), exc)
                 return sent
-            self._store.mark_sent([d.job_id for d in dispatches])
+            self._store.mark_sent(dispatches)
             sent += len(dispatches)
-            if job_ids is not None or len(dispatches) < OUTBOX_BATCH:
+            if among is not None or len(dispatches) < OUTBOX_BATCH:
                 return sent
 
     # -- moving jobs -------------------------------------------------------------------------
     def enqueue(self, messages: Sequence[Message]) -> list[str]:
         ids = self._store.enqueue(messages)
-        fresh = list(dict.fromkeys(m.id for m, job_id in zip(messages, ids) if job_id == m.id))
+        fresh = {m.id: Dispatch(m.id, m.queue, m.priority) for m, job_id in zip(messages, ids) if job_id == m.id}
         if fresh:
-            self._send(fresh)
+            self._send(list(fresh.values()))
         return ids
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
@@ -144,7 +144,7 @@ class PairedBroker(Broker):
 
     def _claim(self, deliveries: list[Delivery], lease: float, consumer: str) -> list[Lease]:
         try:
-            leases = self._store.claim_jobs([d.job_id for d in deliveries], lease, consumer)
+            leases = self._store.claim_jobs([d.dispatch for d in deliveries], lease, consumer)
         except BaseException:
             self.transport.requeue(deliveries)
             raise
@@ -191,9 +191,9 @@ class PairedBroker(Broker):
             self.transport.settle(settle)
         if requeue:  # handed back unstarted: the same delivery, in its place
             self.transport.requeue(requeue)
-            self._store.mark_sent([d.job_id for d in requeue])
-        if any(ok and o.state == "queued" for o, ok in zip(outcomes, accepted)):
-            self._send([o.job_id for o, ok in zip(outcomes, accepted) if ok and o.state == "queued"])
+            self._store.mark_sent([d.dispatch for d in requeue])
+        if len(requeue) < sum(ok and o.state == "queued" for o, ok in zip(outcomes, accepted)):
+            self._send()  # hand-backs of deliveries held elsewhere (e.g. by a stopped pool member)
         return accepted
 
     def _drop_held(self, keep: Any) -> None:
@@ -239,7 +239,7 @@ class PairedBroker(Broker):
 
     def retry(self, job_id: str) -> str:
         state = self._store.retry(job_id)
-        self._send([job_id])
+        self._send()
         return state
 
     def delete(self, job_id: str) -> bool:

@@ -49,7 +49,8 @@ class SQLitePairing:
         if self._outbox_on:
             conn.executescript("BEGIN IMMEDIATE;\n" + P["outbox_schema"] + "\nCOMMIT;")
 
-    def claim_jobs(self, job_ids: Sequence[str], lease: float, consumer: str) -> list[Lease]:
+    def claim_jobs(self, jobs: Sequence[Dispatch], lease: float, consumer: str) -> list[Lease]:
+        job_ids = [d.job_id for d in jobs]
         if not job_ids:
             return []
         now = self.clock()
@@ -62,7 +63,8 @@ class SQLitePairing:
                     found[r[0]] = Lease(*r)
         return [found.pop(j) for j in job_ids if j in found]
 
-    def outbox(self, limit: int = 1000, job_ids: Sequence[str] | None = None) -> list[Dispatch]:
+    def outbox(self, limit: int = 1000, among: Sequence[Dispatch] | None = None) -> list[Dispatch]:
+        job_ids = None if among is None else [d.job_id for d in among]
         with self._read() as conn:
             if job_ids is None:
                 rows = conn.execute(P["outbox"], (limit,)).fetchall()
@@ -71,16 +73,16 @@ class SQLitePairing:
                 for i in range(0, len(job_ids), _CHUNK):
                     chunk = list(job_ids[i:i + _CHUNK])
                     rows += conn.execute(P["outbox_of"].format(ids=",".join("?" * len(chunk))), chunk).fetchall()
-        stale = [r[0] for r in rows if r[4] != "queued"]
+        stale = [Dispatch(r[0], r[1] or "") for r in rows if r[4] != "queued"]
         if stale:  # cancelled or deleted since it was marked: nothing to carry
             self.mark_sent(stale)
         return [Dispatch(job_id, queue, priority, seq) for job_id, queue, priority, seq, state in rows
                 if state == "queued"][:limit]
 
-    def mark_sent(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
+    def mark_sent(self, jobs: Sequence[Dispatch]) -> None:
+        if jobs:
             with self._write() as conn:
-                conn.executemany(P["unmark"], [(j,) for j in job_ids])
+                conn.executemany(P["unmark"], [(d.job_id,) for d in jobs])
 
     def promote(self) -> int:
         with self._write() as conn:

@@ -408,11 +408,12 @@ class JobStore(ABC):
         return self.recover()
 
     # -- pairing hooks (stores with ``supports_pairing``) ---------------------------------------
-    def claim_jobs(self, job_ids: Sequence[str], lease: float, consumer: str) -> list[Lease]:
+    def claim_jobs(self, jobs: Sequence[Dispatch], lease: float, consumer: str) -> list[Lease]:
         """Lease the given jobs, delivered by a transport, exactly as :meth:`fetch` would lease
         them (a new fencing token, the attempt counted, reserved until marked started). A job
         that is not ``queued`` (cancelled, deleted, scheduled, or leased already: a duplicate
-        delivery) or whose queue is paused is skipped. Leases come in the order of ``job_ids``."""
+        delivery) or whose queue is paused is skipped. Leases come in the order of ``jobs``. (Each
+        names its queue too, so that a store sharded by queue finds the job in one place.)"""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
 
     def use_outbox(self) -> None:
@@ -421,12 +422,12 @@ class JobStore(ABC):
         broker calls this once; forks of the store carry it."""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
 
-    def outbox(self, limit: int = 1000, job_ids: Sequence[str] | None = None) -> list[Dispatch]:
-        """Up to ``limit`` marked jobs that are still ``queued`` (of ``job_ids`` only, when given),
+    def outbox(self, limit: int = 1000, among: Sequence[Dispatch] | None = None) -> list[Dispatch]:
+        """Up to ``limit`` marked jobs that are still ``queued`` (of ``among`` only, when given),
         oldest mark first, unmarking the others: cancelled or deleted jobs need no delivery."""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
 
-    def mark_sent(self, job_ids: Sequence[str]) -> None:
+    def mark_sent(self, jobs: Sequence[Dispatch]) -> None:
         """Unmark jobs whose delivery the transport accepted."""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
 

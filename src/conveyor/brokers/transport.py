@@ -40,6 +40,11 @@ class Delivery:
     #: True when the transport has handed this delivery out before (it was requeued or lost).
     redelivered: bool = False
 
+    @property
+    def dispatch(self) -> Dispatch:
+        """The job this delivery carries, as the store names it."""
+        return Dispatch(self.job_id, self.queue, self.priority, self.order)
+
 
 class Transport(ABC):
     """Base class of every transport."""
