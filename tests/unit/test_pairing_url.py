@@ -12,7 +12,7 @@ from conveyor.brokers.memory import MemoryBroker
 from conveyor.brokers.memory_transport import MemoryTransport
 from conveyor.brokers.paired import PairedBroker
 from conveyor.brokers.sqlite import SQLiteBroker
-from conveyor.errors import ConfigError
+from conveyor.errors import BrokerError, ConfigError
 
 
 @pytest.fixture
@@ -80,3 +80,24 @@ def test_a_native_store_is_its_own_store() -> None:
 def test_a_store_that_cannot_be_paired_is_refused(transport_only: str) -> None:
     with pytest.raises(ConfigError, match=r"redis:// store cannot be paired"):
         from_url(transport_only, store="redis://127.0.0.1:6379/15")
+
+
+def test_third_party_stores_and_transports_come_from_entry_points(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    import importlib.metadata as metadata
+
+    registered = [
+        metadata.EntryPoint("wire", "conveyor.brokers.memory_transport:MemoryTransport", "conveyor.transports"),
+        metadata.EntryPoint("jobdb", "conveyor.brokers.memory_transport:MemoryTransport", "conveyor.stores"),
+        metadata.EntryPoint("olddb", "conveyor.brokers.memory:MemoryBroker", "conveyor.brokers"),
+        metadata.EntryPoint("sqlite", "conveyor.brokers.memory:MemoryBroker", "conveyor.stores"),  # never used
+    ]
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [ep for ep in registered if ep.group == group])
+    assert isinstance(from_url("olddb://"), MemoryBroker)  # the group of before the split still works
+    assert isinstance(from_url(f"sqlite:///{tmp_path}/a.db"), SQLiteBroker)  # a built-in is never shadowed
+    paired = from_url("wire://", store=f"sqlite:///{tmp_path}/b.db")
+    assert isinstance(paired, PairedBroker) and isinstance(paired.transport, MemoryTransport)
+    with pytest.raises(ConfigError, match="wire:// is a transport"):
+        from_url("wire://")
+    with pytest.raises(BrokerError, match="is not a conveyor Broker"):
+        from_url("jobdb://")
