@@ -126,19 +126,17 @@ def test_a_large_batch_is_streamed_in_chunks_and_stored_whole_once(broker: Redis
     before = [batch[0], batch[CHUNK], batch[-1]]  # already stored: a re-sent chunk's jobs
     assert broker.enqueue(before) == [m.id for m in before]
     client = raw(broker)
-    events = client.pubsub()
-    events.subscribe(broker.prefix + ":events")
-    assert events.get_message(timeout=1)["type"] == "subscribe"
+    feed = broker.prefix + ":feed"  # the change feed (a Stream): what came after the first enqueue
+    start = client.xrevrange(feed, count=1)[0][0].decode()
     assert broker.enqueue(batch) == [m.id for m in batch]
     assert broker.counts()["default"] == {"queued": n}
     leased = broker.fetch(["default"], n + 10, 30, "c1")
     assert [lease.job_id for lease in leased] == [m.id for m in before] + [m.id for m in batch if m not in before]
     announced = []
-    while (got := events.get_message(timeout=0.5)) is not None:
-        if got["type"] == "message" and b'"state":"queued"' in got["data"]:
-            announced += json.loads(got["data"])["ids"]
+    for _, fields in client.xrange(feed, min="(" + start):
+        if fields[b"s"] == b"queued":
+            announced += json.loads(fields[b"i"])
     assert sorted(announced) == sorted(m.id for m in batch if m not in before)  # one event per chunk
-    events.close()
 
 
 def test_a_streamed_batch_survives_lost_scripts_and_reports_a_refusal(broker: RedisBroker) -> None:

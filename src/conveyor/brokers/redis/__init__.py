@@ -5,8 +5,8 @@ every atomic step is one Lua script (``lua/*.lua``, loaded once) over one queue'
 a batch from the queue's ready lists to its lease set (scored by deadline) and bumps each job's
 fencing token; acks, extends and progress carrying a stale token are refused; ``recover`` (run
 every second by every worker's supervisor) brings expired leases back and promotes due jobs from
-the schedule. Idle consumers block on ``BLPOP`` of per-queue wake lists. Every state change is
-published on ``<prefix>:events``. The key layout, for readers in other languages, is in
+the schedule. Idle consumers block on ``BLPOP`` of per-queue wake lists. Every change is logged in
+a capped Stream, the change feed (``feed.py``). The key layout, for readers in other languages, is in
 ``docs/brokers/redis.md``.
 
 URL options (query parameters): ``prefix`` (key prefix, default ``conveyor``), ``cluster`` (``1`` to
@@ -16,17 +16,18 @@ use Redis Cluster) and redis-py's own (``socket_timeout``, ``socket_connect_time
 
 from __future__ import annotations
 
-from .base import LAYOUT, RedisBase
+from .base import FEED_KEEP, LAYOUT, RedisBase
 from .control import RedisControl
+from .feed import RedisFeed
 from .lifecycle import BATCH, CHUNK, OUTCOME_STATES, RedisLifecycle
 from .link import RedisLink, parse_url
 from .queries import SCAN_BUDGET, RedisQueries
 
-__all__ = ["BATCH", "CHUNK", "LAYOUT", "OUTCOME_STATES", "SCAN_BUDGET", "RedisBase", "RedisBroker", "RedisLink",
-           "parse_url"]
+__all__ = ["BATCH", "CHUNK", "FEED_KEEP", "LAYOUT", "OUTCOME_STATES", "SCAN_BUDGET", "RedisBase", "RedisBroker",
+           "RedisLink", "parse_url"]
 
 
-class RedisBroker(RedisLifecycle, RedisControl, RedisQueries):
+class RedisBroker(RedisLifecycle, RedisControl, RedisQueries, RedisFeed):
     """Broker and job store on one Redis server, or on a Redis Cluster with ``?cluster=1``."""
 
     scheme = "redis"

@@ -16,6 +16,7 @@ from .link import RedisLink, parse_url
 
 LAYOUT = "1"  # the key layout of docs/brokers/redis.md; stored in <prefix>:layout at open()
 WHERE_MAX = 200_000  # job id -> queue entries remembered by one broker
+FEED_KEEP = 10_000  # entries the change feed keeps, about (FEED_KEEP in lua/prelude.lua: the same)
 
 
 class RedisBase(Broker):
@@ -144,3 +145,8 @@ class RedisBase(Broker):
 
     def _flags(self, commands: Sequence[tuple[Any, ...]]) -> None:
         self._link.many(commands, atomic=True)
+
+    def _feed_entry(self, **fields: str) -> tuple[Any, ...]:
+        """The XADD of one entry of queue or worker changes, to go with the change it tells."""
+        flat = [x for pair in fields.items() for x in pair]
+        return ("XADD", self.prefix + ":feed", "MAXLEN", "~", FEED_KEEP, "*", *flat)

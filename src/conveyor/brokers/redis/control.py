@@ -45,12 +45,14 @@ class RedisControl(RedisBase):
         return bool(n)
 
     def pause(self, queue: str) -> None:
-        self._flags([("SADD", self.prefix + ":paused", queue), ("SET", self._base(queue) + ":paused", "1")])
+        self._flags([("SADD", self.prefix + ":paused", queue), ("SET", self._base(queue) + ":paused", "1"),
+                     self._feed_entry(q=queue, p="1", t=_f(self.clock()))])
 
     def resume(self, queue: str) -> None:
         wake = self._base(queue) + ":wake"
         self._flags([("SREM", self.prefix + ":paused", queue), ("DEL", self._base(queue) + ":paused"),
-                     ("RPUSH", wake, "1"), ("LTRIM", wake, 0, 15)])
+                     ("RPUSH", wake, "1"), ("LTRIM", wake, 0, 15),
+                     self._feed_entry(q=queue, p="0", t=_f(self.clock()))])
 
     def purge(self, queue: str | None, states: Iterable[str] = ("queued", "scheduled")) -> int:
         wanted = [s for s in dict.fromkeys(states) if s != "running"]
@@ -79,7 +81,8 @@ class RedisControl(RedisBase):
         try:
             gone = r.zrangebyscore(self.prefix + ":seen", "-inf", f"({_f(quiet)}")
             if gone:
-                self._flags([("HDEL", self.prefix + ":workers", *gone), ("ZREM", self.prefix + ":seen", *gone)])
+                self._flags([("HDEL", self.prefix + ":workers", *gone), ("ZREM", self.prefix + ":seen", *gone),
+                             *(self._feed_entry(w=w.decode(), s="gone", t=_f(now)) for w in gone)])
         except RedisError as exc:
             raise self._link.error(exc) from None
         return n

@@ -1,11 +1,10 @@
-"""The Redis store's queries (jobs, counts, paused queues, workers) and its event feed."""
+"""The Redis store's queries: jobs, counts, paused queues, workers."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
@@ -93,10 +92,12 @@ class RedisQueries(RedisBase):
         now = self.clock()
         info = orjson.dumps(asdict(worker) | {"last_seen": now})
         self._flags([("HSET", self.prefix + ":workers", worker.id, info),
-                     ("ZADD", self.prefix + ":seen", _f(now), worker.id)])
+                     ("ZADD", self.prefix + ":seen", _f(now), worker.id),
+                     self._feed_entry(w=worker.id, s="seen", t=_f(now))])
 
     def unregister(self, worker_id: str) -> None:
-        self._flags([("HDEL", self.prefix + ":workers", worker_id), ("ZREM", self.prefix + ":seen", worker_id)])
+        self._flags([("HDEL", self.prefix + ":workers", worker_id), ("ZREM", self.prefix + ":seen", worker_id),
+                     self._feed_entry(w=worker_id, s="gone", t=_f(self.clock()))])
 
     def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
         r = self._link.client()
@@ -122,19 +123,3 @@ class RedisQueries(RedisBase):
         except RedisError as exc:
             raise self._link.error(exc) from None
         return n
-
-    # -- events ------------------------------------------------------------------------------
-    def events(self, poll: float = 1.0) -> Iterator[dict[str, Any]]:
-        """Every state change, as published: ``{"queue", "state", "at", "ids"}`` (``state`` is
-        ``deleted`` for removed jobs). Runs until the caller stops iterating."""
-        pubsub = self._link.client().pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self.prefix + ":events")
-            while True:
-                message = pubsub.get_message(timeout=poll)
-                if message is not None and message.get("type") == "message":
-                    yield orjson.loads(message["data"])
-        except RedisError as exc:
-            raise self._link.error(exc) from None
-        finally:
-            pubsub.close()

@@ -51,9 +51,7 @@ if v[1] == 'queued' or v[1] == 'scheduled' then
 end
 if v[1] == 'running' then
   redis.call('HSET', jk, 'cancel_requested', '1', 'updated_at', NOW)
-  -- the event tells watchers that a cancellation is pending
-  redis.call('PUBLISH', PREFIX .. ':events', '{"queue":' .. cjson.encode(queue_of(1)) ..
-    ',"state":"running","cancel_requested":true,"at":' .. NOW .. ',"ids":' .. cjson.encode({id}) .. '}')
+  feed(base, 'running', {id}, 'cancel_requested')  -- watchers learn that a cancellation is pending
 end
 return v[1]
 

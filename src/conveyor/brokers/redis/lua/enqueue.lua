@@ -112,6 +112,9 @@ redis.call('RPUSH', base .. ':fresh', id)
 redis.call('HINCRBY', base .. ':counts', 'queued', 1)
 -- 16: the prelude's WAKE (tokens kept per wake list), written out since this script has no prelude
 if redis.call('RPUSH', base .. ':wake', '1') > 16 then redis.call('LTRIM', base .. ':wake', 0, 15) end
-redis.call('PUBLISH', ARGV[1] .. ':events',
-  '{"queue":' .. cjson.encode(ARGV[3]) .. ',"state":"queued","at":' .. ARGV[2] .. ',"ids":' .. cjson.encode({id}) .. '}')
+-- the feed entry of the prelude's feed() (FEED_KEEP written out): one Stream per server, or the queue's own
+local feed = ARGV[1] .. ':feed'
+if KEYS[1] ~= ARGV[1] .. ':keys' then feed = base .. ':feed' end
+redis.call('XADD', feed, 'MAXLEN', '~', '10000', '*', 'q', ARGV[3], 's', 'queued', 't', ARGV[2],
+  'i', cjson.encode({id}))
 return {}

@@ -232,7 +232,7 @@ return out
 
 -- name: mark
 -- ARGV after the queues: (queue index, id, token, started_at) per mark. Records when jobs still
--- running under that token began, and publishes them (state running, started).
+-- running under that token began, and logs them in the feed (state running, started).
 local started = {}
 for r = 3 + NQ, #ARGV, 4 do
   local base, id = base_of(tonumber(ARGV[r])), ARGV[r + 1]
@@ -244,8 +244,7 @@ for r = 3 + NQ, #ARGV, 4 do
   end
 end
 for base, ids in pairs(started) do
-  redis.call('PUBLISH', PREFIX .. ':events', '{"queue":' .. cjson.encode(QUEUE[base]) ..
-    ',"state":"running","started":true,"at":' .. NOW .. ',"ids":' .. cjson.encode(ids) .. '}')
+  feed(base, 'running', ids, 'started')
 end
 return 0
 
@@ -275,4 +274,5 @@ if ARGV[8] == '1' then
 else
   redis.call('HDEL', jk, 'progress_message')
 end
+feed(base, 'running', {ARGV[4]}, 'progress')
 return 1

@@ -6,7 +6,7 @@
 -- Every script gets KEYS = {keymap, base_1, ..., base_k} where base_i is "{prefix:queue_i}" (the hash
 -- tag of one queue: every key of that queue starts with it) and ARGV = {prefix, now, queue_1, ...,
 -- queue_k, ...}. Times come from the caller (its clock, not Redis TIME) as exact decimal strings and
--- are stored as given. Writes to sorted sets, counters and events are buffered and done in a few
+-- are stored as given. Writes to sorted sets, counters and the change feed are buffered and done in a few
 -- large calls at the end (flush), which is where the speed of batches comes from.
 
 -- name: prelude
@@ -23,6 +23,7 @@ local QUEUE = {}
 for i = 1, NQ do QUEUE[KEYS[1 + i]] = ARGV[2 + i] end
 
 local ZADDS, ZREMS, RPUSHES, LPUSHES, COUNTS, EVENTS, WAKES, PRIOS = {}, {}, {}, {}, {}, {}, {}, {}
+local GONE = {}  -- base -> the tasks of the jobs deleted, in the order of EVENTS[base].deleted
 local DONE = {}  -- '<base>:done:<second>' -> ids finished (succeeded or cancelled) in that second
 local DONE_LAST = {}  -- base -> {second, its DONE list}: most finish in the same second as the last
 
@@ -167,6 +168,21 @@ local function push_list(cmd, key, t)
   end
 end
 
+-- The change feed, read by RedisBroker.changes: a Stream capped near FEED_KEEP entries, one entry per
+-- script, queue and state (q queue, s state or 'deleted', t time, i ids as JSON, x what else changed:
+-- started, cancel_requested or progress, k the tasks of deleted jobs as JSON). One Stream per server;
+-- on a cluster (where the keymap is the queue's own) one per queue, as a script only reaches its slot.
+local FEED_KEEP = '10000'
+local FEED_ORDER = {'scheduled', 'queued', 'running', 'succeeded', 'failed', 'cancelled', 'deleted'}
+local function feed(base, state, ids, extra, tasks)
+  local key = PREFIX .. ':feed'
+  if KEYMAP ~= PREFIX .. ':keys' then key = base .. ':feed' end
+  local f = {'q', QUEUE[base] or base, 's', state, 't', NOW, 'i', cjson.encode(ids)}
+  if extra then f[#f + 1] = 'x'; f[#f + 1] = extra end
+  if tasks then f[#f + 1] = 'k'; f[#f + 1] = cjson.encode(tasks) end
+  redis.call('XADD', key, 'MAXLEN', '~', FEED_KEEP, '*', unpack(f))
+end
+
 local function flush()
   for key, t in pairs(ZREMS) do chunked('ZREM', key, t, 4000) end
   for key, t in pairs(ZADDS) do chunked('ZADD', key, t, 4000) end
@@ -190,12 +206,15 @@ local function flush()
       redis.call('LTRIM', base .. ':wake', 0, WAKE - 1)
     end
   end
-  local channel = PREFIX .. ':events'
+  -- in the order of a job's life: a job promoted then fetched by one script ends up running
   for base, e in pairs(EVENTS) do
-    local q = cjson.encode(QUEUE[base] or base)
-    for state, ids in pairs(e) do
-      redis.call('PUBLISH', channel,
-        '{"queue":' .. q .. ',"state":"' .. state .. '","at":' .. NOW .. ',"ids":' .. cjson.encode(ids) .. '}')
+    for _, state in ipairs(FEED_ORDER) do
+      local ids = e[state]
+      if ids then
+        local tasks = nil
+        if state == 'deleted' then tasks = GONE[base] end
+        feed(base, state, ids, nil, tasks)
+      end
     end
   end
 end
@@ -270,11 +289,12 @@ local function lose(base, id, err)
   return 1
 end
 
--- remove a job that is not running from every structure of its queue
+-- remove a job that is not running from every structure of its queue (its task goes in the feed)
 local function remove(base, id)
   local jk = base .. ':j:' .. id
   local v = redis.call('HMGET', jk, 'state', 'key')
   if not v[1] or v[1] == 'running' then return 0 end
+  push(GONE, base, header(jk)[1] or '')
   redis.call('DEL', jk)
   zrem(base .. ':ids', id)
   if v[1] == 'scheduled' then zrem(base .. ':schedule', id) end
