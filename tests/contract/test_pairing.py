@@ -128,6 +128,18 @@ def test_a_paused_queue_keeps_its_deliveries(paired: PairedBroker, make: Make) -
     assert fetch(paired) == [m.id]
 
 
+def test_jobs_a_lost_memory_transport_held_are_sent_again_on_open(paired: PairedBroker, make: Make) -> None:
+    """The memory transport dies with its process: the next one sends the queued jobs again."""
+    done, kept = make(), make()
+    paired.enqueue([done, kept])
+    (lease,) = paired.fetch(["default"], 1, LEASE, "c1")
+    assert lease.job_id == done.id
+    paired.ack([Outcome(lease.job_id, lease.token, "succeeded")])
+    restarted = PairedBroker(MemoryTransport(), paired.store)
+    restarted.open()
+    assert [x.job_id for x in restarted.fetch(["default"], 10, LEASE, "c2")] == [kept.id]
+
+
 def test_capabilities_come_from_the_transport(paired: PairedBroker) -> None:
     assert paired.supports_blocking_fetch is True and paired.supports_priorities is True
     assert paired.shared_between_processes is False  # the memory transport lives in one process

@@ -16,11 +16,11 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import JobNotFound
+from .memory_pairing import MemoryPairing
 from .records import (
     ACTIVE_STATES,
     TERMINAL_STATES,
     Clock,
-    Dispatch,
     Event,
     ExtendResult,
     JobPage,
@@ -41,7 +41,7 @@ EVENT_RING = 10_000
 LOST_LEASE = {"type": "LeaseExpired", "message": "the lease expired: the worker stopped heartbeating"}
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(MemoryPairing, Broker):
     """In-process broker and store; the reference implementation of the contract."""
 
     scheme = "memory"
@@ -49,7 +49,6 @@ class MemoryBroker(Broker):
     supports_notify = True
     shared_between_processes = False
     supports_search = True
-    supports_pairing = True
 
     def __init__(self, url: str = "memory://", *, clock: Clock | None = None) -> None:
         super().__init__(url, clock=clock)
@@ -193,43 +192,6 @@ class MemoryBroker(Broker):
         self._changed(job)
         return Lease(job.id, job.token, job.task, job.queue, job.payload, job.attempts,
                      job.max_attempts, job.timeout, job.lease_until, job.priority)
-
-    # -- pairing hooks (see JobStore) ----------------------------------------------------------
-    def claim_jobs(self, jobs: Sequence[Dispatch], lease: float, consumer: str) -> list[Lease]:
-        now = self.clock()
-        with self._lock:
-            found = [self._jobs.get(d.job_id) for d in jobs]
-            return [self._lease(job, now, lease, consumer) for job in found
-                    if job is not None and job.state == "queued" and job.queue not in self._paused]
-
-    def use_outbox(self) -> None:
-        with self._lock:
-            if self._outbox is None:
-                self._outbox = {}
-                queued = sorted((j for j in self._jobs.values() if j.state == "queued"), key=lambda j: self._seq[j.id])
-                self._outbox.update((j.id, None) for j in queued)
-                self._ready.clear()
-
-    def outbox(self, limit: int = 1000, among: Sequence[Dispatch] | None = None) -> list[Dispatch]:
-        out: list[Dispatch] = []
-        with self._lock:
-            marked = self._outbox or {}
-            for job_id in list(marked) if among is None else [d.job_id for d in among if d.job_id in marked]:
-                job = self._jobs.get(job_id)
-                if job is None or job.state != "queued":
-                    marked.pop(job_id, None)  # cancelled or deleted since: nothing to carry
-                elif len(out) < limit:
-                    out.append(Dispatch(job.id, job.queue, job.priority, self._seq[job.id]))
-        return out
-
-    def mark_sent(self, jobs: Sequence[Dispatch]) -> None:
-        with self._lock:
-            for d in jobs:
-                (self._outbox or {}).pop(d.job_id, None)
-
-    def promote(self) -> int:
-        with self._lock:
-            return self._promote(self.clock())
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         with self._lock:

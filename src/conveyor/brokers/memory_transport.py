@@ -28,6 +28,7 @@ class MemoryTransport(Transport):
     supports_blocking_fetch = True
     supports_priorities = True
     shared_between_processes = False
+    durable = False
 
     def __init__(self, url: str = "memory://") -> None:
         super().__init__(url)

@@ -78,8 +78,13 @@ class PairedBroker(Broker):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> None:
+        """Connect both; with a transport whose deliveries died with the last process (memory),
+        every queued job is sent again (duplicates of live deliveries are dropped at claim)."""
         self._store.open()
         self.transport.open()
+        if not self.transport.durable:
+            self._store.resend_queued()
+            self._send()
 
     def close(self) -> None:
         with self._lock:

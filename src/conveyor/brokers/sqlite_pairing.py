@@ -79,6 +79,10 @@ class SQLitePairing:
         return [Dispatch(job_id, queue, priority, seq) for job_id, queue, priority, seq, state in rows
                 if state == "queued"][:limit]
 
+    def resend_queued(self) -> None:
+        with self._write() as conn:
+            conn.execute(P["outbox_fill"])
+
     def mark_sent(self, jobs: Sequence[Dispatch]) -> None:
         if jobs:
             with self._write() as conn:

@@ -21,6 +21,9 @@ SELECT id FROM conveyor_jobs WHERE state = 'queued' AND NOT EXISTS (SELECT 1 FRO
 ORDER BY seq;
 INSERT OR IGNORE INTO conveyor_meta (name, value) VALUES ('outbox', '1');
 
+-- name: outbox_fill
+INSERT OR IGNORE INTO conveyor_outbox (id) SELECT id FROM conveyor_jobs WHERE state = 'queued' ORDER BY seq
+
 -- name: outbox
 SELECT o.id, j.queue, j.priority, j.seq, j.state
 FROM conveyor_outbox AS o LEFT JOIN conveyor_jobs AS j ON j.id = o.id

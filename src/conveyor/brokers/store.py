@@ -427,6 +427,10 @@ class JobStore(ABC):
         oldest mark first, unmarking the others: cancelled or deleted jobs need no delivery."""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
 
+    def resend_queued(self) -> None:
+        """Mark every ``queued`` job to be sent again (after a transport lost its deliveries)."""
+        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+
     def mark_sent(self, jobs: Sequence[Dispatch]) -> None:
         """Unmark jobs whose delivery the transport accepted."""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")

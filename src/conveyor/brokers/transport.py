@@ -58,6 +58,9 @@ class Transport(ABC):
     supports_native_delays: ClassVar[bool] = False
     #: False for a transport living in one process (memory): the worker then refuses a process pool.
     shared_between_processes: ClassVar[bool] = True
+    #: Deliveries outlive this process (a server keeps them). When False (memory), a paired broker
+    #: sends every queued job again when it opens: what the last process held is gone.
+    durable: ClassVar[bool] = True
 
     def __init__(self, url: str) -> None:
         self.url = url
