@@ -4,6 +4,7 @@ capped, and a cursor older than what it keeps asks for a reset."""
 
 from __future__ import annotations
 
+import orjson
 import redis
 from redis_support import REDIS_URL, message
 
@@ -88,3 +89,14 @@ def test_the_feed_is_capped_and_a_cursor_older_than_it_asks_for_a_reset(broker: 
     _, now = broker.changes(None)
     broker.enqueue([message()])
     assert [e.kind for e in broker.changes(now)[0]] == ["job"]
+
+
+def test_a_large_batch_is_logged_in_entries_of_at_most_128_jobs(broker: RedisBroker) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    _, cursor = broker.changes(None)
+    batch = [message(key=f"k{i}") for i in range(300)]  # unique keys: one script for all of them
+    broker.enqueue(batch)
+    sizes = [len(orjson.loads(fields[b"i"])) for _, fields in client.xrange(broker.prefix + ":feed", min="(" + cursor)]
+    assert sizes == [128, 128, 44]
+    events, _ = broker.changes(cursor, limit=1000)
+    assert jobs(events) == [(m.id, "queued") for m in batch]

@@ -16,7 +16,7 @@ from .link import RedisLink, parse_url
 
 LAYOUT = "1"  # the key layout of docs/brokers/redis.md; stored in <prefix>:layout at open()
 WHERE_MAX = 200_000  # job id -> queue entries remembered by one broker
-FEED_KEEP = 10_000  # entries the change feed keeps, about (FEED_KEEP in lua/prelude.lua: the same)
+FEED_KEEP = 5_000  # entries the change feed keeps, about (as FEED_KEEP in lua/prelude.lua)
 
 
 class RedisBase(Broker):

@@ -115,6 +115,6 @@ if redis.call('RPUSH', base .. ':wake', '1') > 16 then redis.call('LTRIM', base 
 -- the feed entry of the prelude's feed() (FEED_KEEP written out): one Stream per server, or the queue's own
 local feed = ARGV[1] .. ':feed'
 if KEYS[1] ~= ARGV[1] .. ':keys' then feed = base .. ':feed' end
-redis.call('XADD', feed, 'MAXLEN', '~', '10000', '*', 'q', ARGV[3], 's', 'queued', 't', ARGV[2],
+redis.call('XADD', feed, 'MAXLEN', '~', '5000', '*', 'q', ARGV[3], 's', 'queued', 't', ARGV[2],
   'i', cjson.encode({id}))
 return {}

@@ -168,19 +168,27 @@ local function push_list(cmd, key, t)
   end
 end
 
--- The change feed, read by RedisBroker.changes: a Stream capped near FEED_KEEP entries, one entry per
--- script, queue and state (q queue, s state or 'deleted', t time, i ids as JSON, x what else changed:
--- started, cancel_requested or progress, k the tasks of deleted jobs as JSON). One Stream per server;
--- on a cluster (where the keymap is the queue's own) one per queue, as a script only reaches its slot.
-local FEED_KEEP = '10000'
+-- The change feed, read by RedisBroker.changes: a Stream capped near FEED_KEEP entries of at most
+-- FEED_IDS jobs each (so at most some 25 MB), one entry per script, queue and state (q queue, s
+-- state or 'deleted', t time, i ids as JSON, x what else changed: started, cancel_requested or
+-- progress, k the tasks of deleted jobs as JSON). One Stream per server; on a cluster (where the
+-- keymap is the queue's own) one per queue, as a script only reaches its queue's slot.
+local FEED_KEEP = '5000'
+local FEED_IDS = 128
 local FEED_ORDER = {'scheduled', 'queued', 'running', 'succeeded', 'failed', 'cancelled', 'deleted'}
 local function feed(base, state, ids, extra, tasks)
   local key = PREFIX .. ':feed'
   if KEYMAP ~= PREFIX .. ':keys' then key = base .. ':feed' end
-  local f = {'q', QUEUE[base] or base, 's', state, 't', NOW, 'i', cjson.encode(ids)}
-  if extra then f[#f + 1] = 'x'; f[#f + 1] = extra end
-  if tasks then f[#f + 1] = 'k'; f[#f + 1] = cjson.encode(tasks) end
-  redis.call('XADD', key, 'MAXLEN', '~', FEED_KEEP, '*', unpack(f))
+  local n = #ids
+  for i = 1, n, FEED_IDS do
+    local last = math.min(i + FEED_IDS - 1, n)
+    local part = ids
+    if i > 1 or last < n then part = {unpack(ids, i, last)} end
+    local f = {'q', QUEUE[base] or base, 's', state, 't', NOW, 'i', cjson.encode(part)}
+    if extra then f[#f + 1] = 'x'; f[#f + 1] = extra end
+    if tasks then f[#f + 1] = 'k'; f[#f + 1] = cjson.encode({unpack(tasks, i, last)}) end
+    redis.call('XADD', key, 'MAXLEN', '~', FEED_KEEP, '*', unpack(f))
+  end
 end
 
 local function flush()
