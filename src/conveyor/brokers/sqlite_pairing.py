@@ -89,5 +89,9 @@ class SQLitePairing:
                 conn.executemany(P["unmark"], [(d.job_id,) for d in jobs])
 
     def promote(self) -> int:
+        now = self.clock()
+        with self._read() as conn:
+            if conn.execute(P["any_due"], (now,)).fetchone() is None:
+                return 0
         with self._write() as conn:
-            return int(conn.execute(_PROMOTE, {"now": self.clock()}).rowcount)
+            return int(conn.execute(_PROMOTE, {"now": now}).rowcount)

@@ -21,6 +21,10 @@ SELECT id FROM conveyor_jobs WHERE state = 'queued' AND NOT EXISTS (SELECT 1 FRO
 ORDER BY seq;
 INSERT OR IGNORE INTO conveyor_meta (name, value) VALUES ('outbox', '1');
 
+-- name: any_due
+-- A read first: most fetches find nothing due and need no write lock.
+SELECT 1 FROM conveyor_jobs WHERE state = 'scheduled' AND run_at <= ? LIMIT 1
+
 -- name: outbox_fill
 INSERT OR IGNORE INTO conveyor_outbox (id) SELECT id FROM conveyor_jobs WHERE state = 'queued' ORDER BY seq
 
