@@ -148,10 +148,22 @@ def _paired(store: Callable[[Path, FakeClock], Broker]) -> Callable[[Path, FakeC
     return factory
 
 
-#: The stores a transport can be paired with (the pairing axis; Redis joins once it claims by id).
+def _redis_pairable(tmp_path: Path, clock: FakeClock) -> Broker:
+    """The Redis store with the pairing hooks of ``conveyor.brokers.redis_pairing`` mixed in (until
+    RedisBroker takes the mixin itself; then this is ``_redis``)."""
+    made = _redis(tmp_path, clock)
+    from conveyor.brokers.redis_pairing import RedisPairing
+
+    if made.supports_pairing:
+        return made
+    return type("PairableRedisBroker", (RedisPairing, type(made)), {})(made.url, clock=clock)
+
+
+#: The stores a transport can be paired with (the pairing axis).
 PAIRED_STORES: dict[str, Callable[[Path, FakeClock], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis_pairable,
 }
 
 BROKERS: dict[str, Callable[[Path, FakeClock], Broker]] = {

@@ -39,6 +39,9 @@ def paired(paired_store: Broker) -> Iterator[PairedBroker]:
     try:
         yield broker
     finally:
+        drop = getattr(paired_store, "drop", None)  # stores on a shared server delete their keys
+        if drop is not None:
+            drop()
         broker.close()
 
 

@@ -1,0 +1,160 @@
+"""The pairing hooks of the Redis store (see :class:`~conveyor.brokers.store.JobStore`), so that a
+transport can carry a Redis store's jobs: claim delivered jobs by id, and the outbox.
+
+The outbox needs no new structure: every path that makes a job ``queued`` already pushes it to its
+ready list, and in a paired store nothing else reads those lists. The outbox takes jobs from them
+into ``<base>:sending`` until their send is marked done; maintenance sends what is left there
+again. The scripts (``redis_pairing.lua``) run with the prelude of the Redis store's scripts.
+
+A mixin of :class:`~conveyor.brokers.redis.RedisBroker` (kept out of the ``redis`` package while
+that package is being split; it joins it as ``redis/pairing.py`` and ``lua/pairing.lua``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .named import read_blocks
+from .records import Dispatch, Lease, Outcome
+from .redis.codec import _f, _header
+from .redis.scripts import _Prelude
+
+if TYPE_CHECKING:
+    from .records import Clock
+    from .redis.link import RedisLink
+
+log = logging.getLogger("conveyor.brokers.redis")
+
+
+def _load() -> dict[str, str]:
+    prelude = _Prelude(read_blocks("conveyor.brokers.redis", "lua/prelude.lua")["prelude"])
+    return {name: prelude.for_body(body) + "\n" + body + "\n"
+            for name, body in read_blocks(__package__, "redis_pairing.lua").items()}
+
+
+SCRIPTS = _load()
+PURGE_BATCH = 1000  # jobs per purge script call, so no call blocks Redis for long
+
+
+class RedisPairing:
+    """Mixed into :class:`~conveyor.brokers.redis.RedisBroker` (see the module docstring)."""
+
+    supports_pairing = True
+    _outbox_on = False
+
+    if TYPE_CHECKING:
+        clock: Clock
+        prefix: str
+        _link: RedisLink
+        _lock: threading.Lock
+
+        def _keymap(self, queue: str) -> str: ...
+        def _base(self, queue: str) -> str: ...
+        def _groups(self, queues: Sequence[str]) -> list[list[str]]: ...
+        def _all_queues(self, fresh: bool = False) -> list[str]: ...
+        def _remember(self, pairs: Any) -> None: ...
+        def ack(self, outcomes: Sequence[Outcome]) -> list[bool]: ...
+
+    def _pairing(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any]) -> Any:
+        keys = [self._keymap(queues[0]), *(self._base(q) for q in queues)]
+        return self._link.exec("EVAL", SCRIPTS[name], len(keys), *keys, self.prefix, _f(now), *queues, *args)
+
+    def _by_group(self, jobs: Sequence[Dispatch]) -> list[tuple[list[str], list[Dispatch]]]:
+        out = []
+        for group in self._groups([d.queue for d in jobs]):
+            wanted = set(group)
+            out.append((group, [d for d in jobs if d.queue in wanted]))
+        return out
+
+    def use_outbox(self) -> None:
+        """Nothing to set up: the ready lists are the outbox."""
+        self._outbox_on = True
+
+    def purge(self, queue: str | None, states: Iterable[str] = ("queued", "scheduled")) -> int:
+        """As the store's own, but the queued jobs of a paired store are found through the index of
+        every id: they are not in the ready lists (a transport carries them)."""
+        wanted = list(dict.fromkeys(states))
+        n = 0
+        if self._outbox_on and "queued" in wanted:
+            wanted.remove("queued")
+            for name in [queue] if queue is not None else self._all_queues(fresh=True):
+                while True:
+                    deleted, more = self._pairing("pair_purge", [name], self.clock(), [PURGE_BATCH])
+                    n += int(deleted)
+                    if not more:
+                        break
+        return n + (int(super().purge(queue, wanted)) if wanted else 0)  # type: ignore[misc]
+
+    def claim_jobs(self, jobs: Sequence[Dispatch], lease: float, consumer: str) -> list[Lease]:
+        now = self.clock()
+        deadline = now + lease
+        found: dict[str, Lease] = {}
+        unreadable: list[Outcome] = []
+        for group, some in self._by_group(jobs):
+            index = {q: i + 1 for i, q in enumerate(group)}
+            args: list[Any] = [_f(deadline), consumer]
+            for d in some:
+                args += (index[d.queue], d.job_id)
+            reply = self._pairing("pair_claim", group, now, args)
+            for k in range(0, len(reply), 5):
+                job_id, token, qi, attempt, m = reply[k:k + 5]
+                job_id, queue = job_id.decode(), group[qi - 1]
+                self._remember(((job_id, queue),))
+                head, newline, payload = m.partition(b"\n")
+                try:
+                    if not newline:
+                        raise ValueError("field m has no header line")
+                    task, priority, max_attempts, timeout = _header(head)
+                except ValueError as exc:
+                    log.error("job %s: unreadable record in Redis (%s): failed", job_id, exc)
+                    error = {"type": "MalformedMessage", "message": f"unreadable job record in Redis: {exc}"}
+                    unreadable.append(Outcome(job_id, token, "failed", error=error, finished_at=now))
+                    continue
+                found[job_id] = Lease(job_id, token, task, queue, payload, attempt, max_attempts, timeout,
+                                      deadline, priority)
+        if unreadable:
+            self.ack(unreadable)
+        return [found.pop(d.job_id) for d in jobs if d.job_id in found]
+
+    def outbox(self, limit: int = 1000, among: Sequence[Dispatch] | None = None) -> list[Dispatch]:
+        now = self.clock()
+        out: list[Dispatch] = []
+        groups: list[tuple[list[str], list[Dispatch]]]
+        if among is None:
+            groups = [(group, []) for group in self._groups(self._all_queues(fresh=True))]
+        else:
+            groups = self._by_group(among)
+        for group, some in groups:
+            if len(out) >= limit:
+                break
+            index = {q: i + 1 for i, q in enumerate(group)}
+            args: list[Any] = [limit - len(out)]
+            for d in some:
+                args += (index[d.queue], d.job_id, str(int(d.priority)))
+            reply = self._pairing("pair_take", group, now, args)
+            for k in range(0, len(reply), 3):
+                qi, job_id, priority = reply[k:k + 3]
+                out.append(Dispatch(job_id.decode(), group[int(qi) - 1], int(priority)))
+        return out
+
+    def mark_sent(self, jobs: Sequence[Dispatch]) -> None:
+        now = self.clock()
+        for group, some in self._by_group(jobs):
+            index = {q: i + 1 for i, q in enumerate(group)}
+            args: list[Any] = []
+            for d in some:
+                args += (index[d.queue], d.job_id, str(int(d.priority)))
+            self._pairing("pair_sent", group, now, args)
+
+    def promote(self) -> int:
+        now = self.clock()
+        return sum(int(self._pairing("pair_promote", group, now, []))
+                   for group in self._groups(self._all_queues(fresh=True)))
+
+    def resend_queued(self) -> None:
+        now = self.clock()
+        for group in self._groups(self._all_queues(fresh=True)):
+            self._pairing("pair_resend", group, now, [])
