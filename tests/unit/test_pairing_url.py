@@ -77,9 +77,10 @@ def test_a_native_store_is_its_own_store() -> None:
     assert app.store is app.broker
 
 
-def test_a_store_that_cannot_be_paired_is_refused(transport_only: str) -> None:
-    with pytest.raises(ConfigError, match=r"redis:// store cannot be paired"):
-        from_url(transport_only, store="redis://127.0.0.1:6379/15")
+def test_a_store_that_cannot_be_paired_is_refused(transport_only: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MemoryBroker, "supports_pairing", False)
+    with pytest.raises(ConfigError, match=r"memory:// store cannot be paired"):
+        from_url(transport_only, store="memory://")
 
 
 def test_third_party_stores_and_transports_come_from_entry_points(monkeypatch: pytest.MonkeyPatch,
