@@ -148,22 +148,27 @@ def _paired(store: Callable[[Path, FakeClock], Broker]) -> Callable[[Path, FakeC
     return factory
 
 
-def _redis_pairable(tmp_path: Path, clock: FakeClock) -> Broker:
-    """The Redis store with the pairing hooks of ``conveyor.brokers.redis_pairing`` mixed in (until
-    RedisBroker takes the mixin itself; then this is ``_redis``)."""
-    made = _redis(tmp_path, clock)
-    from conveyor.brokers.redis_pairing import RedisPairing
+def _pairable(store: Callable[[Path, FakeClock], Broker]) -> Callable[[Path, FakeClock], Broker]:
+    """A Redis store with the pairing hooks of ``conveyor.brokers.redis_pairing`` mixed in (until
+    RedisBroker takes the mixin itself; then this is ``store``)."""
 
-    if made.supports_pairing:
-        return made
-    return type("PairableRedisBroker", (RedisPairing, type(made)), {})(made.url, clock=clock)
+    def factory(tmp_path: Path, clock: FakeClock) -> Broker:
+        made = store(tmp_path, clock)
+        from conveyor.brokers.redis_pairing import RedisPairing
+
+        if made.supports_pairing:
+            return made
+        return type("PairableRedisBroker", (RedisPairing, type(made)), {})(made.url, clock=clock)
+
+    return factory
 
 
 #: The stores a transport can be paired with (the pairing axis).
 PAIRED_STORES: dict[str, Callable[[Path, FakeClock], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
-    "redis": _redis_pairable,
+    "redis": _pairable(_redis),
+    "redis-cluster": _pairable(_redis_cluster),
 }
 
 BROKERS: dict[str, Callable[[Path, FakeClock], Broker]] = {
