@@ -68,6 +68,6 @@ class MemoryPairing:
             for d in jobs:
                 marked.pop(d.job_id, None)
 
-    def promote(self) -> int:
+    def promote(self, queues: Sequence[str] | None = None) -> int:
         with self._lock:
             return self._promote(self.clock())

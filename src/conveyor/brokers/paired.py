@@ -129,12 +129,12 @@ class PairedBroker(Broker):
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
         if limit <= 0:
             return []
-        if self._store.promote():
-            self._send()
         paused = self._store.paused_queues()
         wanted = [q for q in queues if q not in paused]
         if not wanted:
             return []
+        if self._store.promote(wanted):
+            self._send()
         with self._lock:
             taken = [d for d in self._stash if d.queue in wanted][:limit]
             self._stash = [d for d in self._stash if d not in taken]

@@ -149,10 +149,10 @@ class RedisPairing:
                 args += (index[d.queue], d.job_id, str(int(d.priority)))
             self._pairing("pair_sent", group, now, args)
 
-    def promote(self) -> int:
+    def promote(self, queues: Sequence[str] | None = None) -> int:
         now = self.clock()
-        return sum(int(self._pairing("pair_promote", group, now, []))
-                   for group in self._groups(self._all_queues(fresh=True)))
+        names = self._all_queues(fresh=True) if queues is None else queues
+        return sum(int(self._pairing("pair_promote", group, now, [])) for group in self._groups(names))
 
     def resend_queued(self) -> None:
         now = self.clock()

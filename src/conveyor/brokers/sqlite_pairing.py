@@ -88,7 +88,7 @@ class SQLitePairing:
             with self._write() as conn:
                 conn.executemany(P["unmark"], [(d.job_id,) for d in jobs])
 
-    def promote(self) -> int:
+    def promote(self, queues: Sequence[str] | None = None) -> int:
         now = self.clock()
         with self._read() as conn:
             if conn.execute(P["any_due"], (now,)).fetchone() is None:

@@ -435,8 +435,9 @@ class JobStore(ABC):
         """Unmark jobs whose delivery the transport accepted."""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
 
-    def promote(self) -> int:
-        """Move due scheduled jobs to the queue (into the outbox when kept); how many moved."""
+    def promote(self, queues: Sequence[str] | None = None) -> int:
+        """Move due scheduled jobs to the queue (into the outbox when kept); how many moved. With
+        ``queues``, a store may move only theirs (a fetch needs no more)."""
         raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
 
 
