@@ -1,9 +1,10 @@
 """Fixtures of the broker contract suite: every test in ``tests/contract`` runs against every broker.
 
-A new broker joins the suite by adding one factory to ``BROKERS``; a new transport joins the pairing
-axis as ``_paired(store)`` entries (a server-backed one calls
+A new broker joins the suite by adding one factory to ``BROKERS`` (a server-backed one calls
 ``conveyor.testing.require_service`` first, so a missing server skips locally and fails in CI).
-Every broker gets the same :class:`FakeClock`, so tests move time instead of sleeping.
+The pairing axis is the memory transport with each of ``PAIRED_STORES``; a new transport joins it
+as one more ``_paired`` factory. Every broker gets the same :class:`FakeClock`, so tests move time
+instead of sleeping.
 """
 
 from __future__ import annotations
