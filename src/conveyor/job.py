@@ -5,16 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from .brokers import TERMINAL_STATES, JobRecord
 from .errors import JobCancelled, JobFailed, JobNotFound
 
 if TYPE_CHECKING:
-    from .app import Conveyor
-    from .task import Task
+    from ._app_protocol import AppLike
 
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class TaskLike(Protocol[R_co]):
+    """What a job needs of its task (a :class:`~conveyor.task.Task`): its name, and how to turn a
+    stored result back into the task's return type. A Protocol, so that ``job`` does not import
+    ``task``, which imports ``job``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def decode_result(self, value: Any) -> R_co: ...
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -27,7 +38,7 @@ class Job(Generic[R]):
 
     __slots__ = ("_record", "_task", "app", "id")
 
-    def __init__(self, app: Conveyor, job_id: str, task: Task[Any, R] | None = None,
+    def __init__(self, app: AppLike, job_id: str, task: TaskLike[R] | None = None,
                  record: JobRecord | None = None) -> None:
         self.app = app
         self.id = job_id

@@ -17,8 +17,8 @@ from .errors import ConfigError, InvalidArguments, PayloadTooLarge
 from .job import Job
 
 if TYPE_CHECKING:
+    from ._app_protocol import AppLike
     from ._validation import Validator
-    from .app import Conveyor
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -124,7 +124,7 @@ class Task(Generic[P, R]):
 
     def __init__(
         self,
-        app: Conveyor,
+        app: AppLike,
         fn: Callable[P, R] | Callable[P, Awaitable[R]],
         *,
         name: str | None = None,
