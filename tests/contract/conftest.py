@@ -42,15 +42,33 @@ def _sqlite(tmp_path: Path, clock: FakeClock) -> Broker:
     return SQLiteBroker(f"sqlite:///{tmp_path}/c.db", clock=clock)
 
 
-def _redis(tmp_path: Path, clock: FakeClock) -> Broker:
-    """Database 15 (never 0: the benchmark harness flushes it) and a key prefix of its own per test,
-    whose keys are deleted at teardown."""
+def _redis_url() -> str:
+    """Database 15 (never 0: the benchmark harness flushes it) and a key prefix of its own."""
     require_service(REDIS_URL, "Redis")
+    separator = "&" if "?" in REDIS_URL else "?"
+    return f"{REDIS_URL}{separator}prefix=contract-{uuid_utils.uuid7().hex}"
+
+
+def _redis(tmp_path: Path, clock: FakeClock) -> Broker:
+    """A Redis store with a key prefix of its own per test, whose keys are deleted at teardown."""
     from conveyor.brokers.redis import RedisBroker
 
-    prefix = f"contract-{uuid_utils.uuid7().hex}"
-    separator = "&" if "?" in REDIS_URL else "?"
-    return RedisBroker(f"{REDIS_URL}{separator}prefix={prefix}", clock=clock)
+    return RedisBroker(_redis_url(), clock=clock)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The URL of a Redis store with a key prefix of its own (see ``_redis_url``), for tests that
+    build their own app; the prefix's keys are deleted at teardown."""
+    url = _redis_url()
+    yield url
+    from conveyor.brokers.redis import RedisBroker
+
+    store = RedisBroker(url)
+    try:
+        store.drop()
+    finally:
+        store.close()
 
 
 class RedisCluster:
@@ -149,27 +167,12 @@ def _paired(store: Callable[[Path, FakeClock], Broker]) -> Callable[[Path, FakeC
     return factory
 
 
-def _pairable(store: Callable[[Path, FakeClock], Broker]) -> Callable[[Path, FakeClock], Broker]:
-    """A Redis store with the pairing hooks of ``conveyor.brokers.redis_pairing`` mixed in (until
-    RedisBroker takes the mixin itself; then this is ``store``)."""
-
-    def factory(tmp_path: Path, clock: FakeClock) -> Broker:
-        made = store(tmp_path, clock)
-        from conveyor.brokers.redis_pairing import RedisPairing
-
-        if made.supports_pairing:
-            return made
-        return type("PairableRedisBroker", (RedisPairing, type(made)), {})(made.url, clock=clock)
-
-    return factory
-
-
 #: The stores a transport can be paired with (the pairing axis).
 PAIRED_STORES: dict[str, Callable[[Path, FakeClock], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
-    "redis": _pairable(_redis),
-    "redis-cluster": _pairable(_redis_cluster),
+    "redis": _redis,
+    "redis-cluster": _redis_cluster,
 }
 
 BROKERS: dict[str, Callable[[Path, FakeClock], Broker]] = {

@@ -1,6 +1,7 @@
 """Contract of the pairing axis: what a PairedBroker adds over its store — the outbox, duplicate and
 stale deliveries, the hand-back in place, wait() — for every store the memory transport pairs with,
-and a real worker (thread pool) running jobs carried by the memory transport for a SQLite store."""
+and a real worker (thread pool) running jobs carried by the memory transport for a SQLite store and
+for a Redis store."""
 
 from __future__ import annotations
 
@@ -150,7 +151,19 @@ def test_capabilities_come_from_the_transport(paired: PairedBroker) -> None:
 
 
 def test_a_worker_runs_jobs_the_memory_transport_carries_for_a_sqlite_store(tmp_path: Path) -> None:
-    app = Conveyor("memory://", store=f"sqlite:///{tmp_path}/jobs.db", pool="thread", concurrency=2, grace=5.0)
+    runs_jobs(Conveyor("memory://", store=f"sqlite:///{tmp_path}/jobs.db", pool="thread", concurrency=2, grace=5.0))
+
+
+def test_a_worker_runs_jobs_the_memory_transport_carries_for_a_redis_store(redis_url: str) -> None:
+    from conveyor.brokers.redis import RedisBroker
+
+    app = Conveyor("memory://", store=redis_url, pool="thread", concurrency=2, grace=5.0)
+    assert isinstance(app.broker, PairedBroker) and isinstance(app.store, RedisBroker)
+    runs_jobs(app)
+
+
+def runs_jobs(app: Conveyor) -> None:
+    """A worker of ``app`` in this process (thread pool) runs 20 jobs and fails one that raises."""
 
     @app.task(retries=1, backoff=0.01)
     def add(a: int, b: int) -> int:

@@ -43,6 +43,14 @@ def test_memory_with_a_store_is_the_memory_transport(tmp_path: Path) -> None:
     assert broker.shared_between_processes is False  # the memory transport lives in one process
 
 
+def test_memory_with_a_redis_store_is_the_memory_transport() -> None:
+    from conveyor.brokers.redis import RedisBroker
+
+    broker = from_url("memory://", store="redis://127.0.0.1:6379/15?prefix=never-opened")
+    assert isinstance(broker, PairedBroker) and isinstance(broker.store, RedisBroker)
+    assert isinstance(broker.transport, MemoryTransport)  # nothing connects until first use
+
+
 def test_memory_alone_or_with_itself_is_the_memory_store() -> None:
     assert isinstance(from_url("memory://"), MemoryBroker)
     assert isinstance(from_url("memory://", store="memory://"), MemoryBroker)

@@ -134,7 +134,5 @@ def from_url(url: str, store: str | None = None, *, clock: Clock | None = None) 
         return cls(url, clock=clock)
     from .paired import PairedBroker
 
-    job_store = broker_class(store)(store, clock=clock)
-    if not job_store.supports_pairing:
-        raise ConfigError(f"the {_scheme(store)}:// store cannot be paired with a transport yet")
-    return PairedBroker(transport_cls(url), job_store)
+    # A store without the pairing hooks (supports_pairing) is refused by PairedBroker: a ConfigError.
+    return PairedBroker(transport_cls(url), broker_class(store)(store, clock=clock))

@@ -21,16 +21,19 @@ from .control import RedisControl
 from .feed import RedisFeed
 from .lifecycle import BATCH, CHUNK, OUTCOME_STATES, RedisLifecycle
 from .link import RedisLink, parse_url
+from .pairing import RedisPairing
 from .queries import SCAN_BUDGET, RedisQueries
 
 __all__ = ["BATCH", "CHUNK", "FEED_KEEP", "LAYOUT", "OUTCOME_STATES", "SCAN_BUDGET", "RedisBase", "RedisBroker",
-           "RedisLink", "parse_url"]
+           "RedisLink", "RedisPairing", "parse_url"]
 
 
-class RedisBroker(RedisLifecycle, RedisControl, RedisQueries, RedisFeed):
-    """Broker and job store on one Redis server, or on a Redis Cluster with ``?cluster=1``."""
+class RedisBroker(RedisPairing, RedisLifecycle, RedisControl, RedisQueries, RedisFeed):
+    """Broker and job store on one Redis server, or on a Redis Cluster with ``?cluster=1``; a store a
+    transport can carry the jobs of (the pairing hooks: :class:`RedisPairing`)."""
 
     scheme = "redis"
     supports_blocking_fetch = True
     supports_native_delays = True
     supports_notify = True
+    supports_pairing = True

@@ -11,7 +11,7 @@ from ..named import read_blocks
 
 #: The script files, by concern; ``prelude.lua`` holds the helpers the others share.
 FILES = ("lua/prelude.lua", "lua/enqueue.lua", "lua/fetch.lua", "lua/control.lua", "lua/queries.lua",
-         "lua/feed.lua")
+         "lua/feed.lua", "lua/pairing.lua")
 
 
 class _Prelude:

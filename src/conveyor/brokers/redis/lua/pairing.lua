@@ -1,9 +1,9 @@
--- The pairing hooks of the Redis store (brokers/redis_pairing.py), run with the prelude of
--- redis/lua/prelude.lua (KEYS and ARGV as described there). A paired Redis store needs no new
--- structure for its outbox: a job that becomes queued is pushed to its ready list by every path
--- (enqueue, promote, hand back, lost lease, retry by hand) as before, and the ready lists are what
--- the outbox reads. A job taken from them for a send waits in <base>:sending until the send is
--- marked done; maintenance sends what is still there again.
+-- The pairing hooks of the Redis store (pairing.py): claim delivered jobs by id, and the outbox.
+-- The prelude (prelude.lua) and the conventions of KEYS and ARGV are described there. A paired
+-- Redis store needs no new structure for its outbox: a job that becomes queued is pushed to its
+-- ready list by every path (enqueue, promote, hand back, lost lease, retry by hand) as before, and
+-- the ready lists are what the outbox reads. A job taken from them for a send waits in
+-- <base>:sending until the send is marked done; maintenance sends what is still there again.
 
 -- name: pair_claim
 -- ARGV after the queues: deadline, consumer, then (queue index, id) pairs. Returns per lease:

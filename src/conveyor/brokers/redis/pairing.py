@@ -4,38 +4,24 @@ transport can carry a Redis store's jobs: claim delivered jobs by id, and the ou
 The outbox needs no new structure: every path that makes a job ``queued`` already pushes it to its
 ready list, and in a paired store nothing else reads those lists. The outbox takes jobs from them
 into ``<base>:sending`` until their send is marked done; maintenance sends what is left there
-again. The scripts (``redis_pairing.lua``) run with the prelude of the Redis store's scripts.
-
-A mixin of :class:`~conveyor.brokers.redis.RedisBroker` (kept out of the ``redis`` package while
-that package is being split; it joins it as ``redis/pairing.py`` and ``lua/pairing.lua``).
+again. The scripts (``lua/pairing.lua``) are loaded and run by SHA1 as every other script of the
+Redis store (:mod:`~conveyor.brokers.redis.scripts`). A mixin of
+:class:`~conveyor.brokers.redis.RedisBroker`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .named import read_blocks
-from .records import Dispatch, Lease, Outcome
-from .redis.codec import _f, _header
-from .redis.scripts import _Prelude
+from ..records import Dispatch, Lease, Outcome
+from .codec import _f, _header
 
 if TYPE_CHECKING:
-    from .records import Clock
-    from .redis.link import RedisLink
+    from ..records import Clock
 
 log = logging.getLogger("conveyor.brokers.redis")
-
-
-def _load() -> dict[str, str]:
-    prelude = _Prelude(read_blocks("conveyor.brokers.redis", "lua/prelude.lua")["prelude"])
-    return {name: prelude.for_body(body) + "\n" + body + "\n"
-            for name, body in read_blocks(__package__, "redis_pairing.lua").items()}
-
-
-SCRIPTS = _load()
 PURGE_BATCH = 1000  # jobs per purge script call, so no call blocks Redis for long
 
 
@@ -47,20 +33,13 @@ class RedisPairing:
 
     if TYPE_CHECKING:
         clock: Clock
-        prefix: str
-        _link: RedisLink
-        _lock: threading.Lock
 
-        def _keymap(self, queue: str) -> str: ...
-        def _base(self, queue: str) -> str: ...
         def _groups(self, queues: Sequence[str]) -> list[list[str]]: ...
         def _all_queues(self, fresh: bool = False) -> list[str]: ...
+        def _script(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any],
+                    pipe_before: Sequence[tuple[Any, ...]] = ()) -> Any: ...
         def _remember(self, pairs: Any) -> None: ...
         def ack(self, outcomes: Sequence[Outcome]) -> list[bool]: ...
-
-    def _pairing(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any]) -> Any:
-        keys = [self._keymap(queues[0]), *(self._base(q) for q in queues)]
-        return self._link.exec("EVAL", SCRIPTS[name], len(keys), *keys, self.prefix, _f(now), *queues, *args)
 
     def _by_group(self, jobs: Sequence[Dispatch]) -> list[tuple[list[str], list[Dispatch]]]:
         out = []
@@ -82,7 +61,7 @@ class RedisPairing:
             wanted.remove("queued")
             for name in [queue] if queue is not None else self._all_queues(fresh=True):
                 while True:
-                    deleted, more = self._pairing("pair_purge", [name], self.clock(), [PURGE_BATCH])
+                    deleted, more = self._script("pair_purge", [name], self.clock(), [PURGE_BATCH])
                     n += int(deleted)
                     if not more:
                         break
@@ -98,7 +77,7 @@ class RedisPairing:
             args: list[Any] = [_f(deadline), consumer]
             for d in some:
                 args += (index[d.queue], d.job_id)
-            reply = self._pairing("pair_claim", group, now, args)
+            reply = self._script("pair_claim", group, now, args)
             for k in range(0, len(reply), 5):
                 job_id, token, qi, attempt, m = reply[k:k + 5]
                 job_id, queue = job_id.decode(), group[qi - 1]
@@ -134,7 +113,7 @@ class RedisPairing:
             args: list[Any] = [limit - len(out)]
             for d in some:
                 args += (index[d.queue], d.job_id, str(int(d.priority)))
-            reply = self._pairing("pair_take", group, now, args)
+            reply = self._script("pair_take", group, now, args)
             for k in range(0, len(reply), 3):
                 qi, job_id, priority = reply[k:k + 3]
                 out.append(Dispatch(job_id.decode(), group[int(qi) - 1], int(priority)))
@@ -147,14 +126,14 @@ class RedisPairing:
             args: list[Any] = []
             for d in some:
                 args += (index[d.queue], d.job_id, str(int(d.priority)))
-            self._pairing("pair_sent", group, now, args)
+            self._script("pair_sent", group, now, args)
 
     def promote(self, queues: Sequence[str] | None = None) -> int:
         now = self.clock()
         names = self._all_queues(fresh=True) if queues is None else queues
-        return sum(int(self._pairing("pair_promote", group, now, [])) for group in self._groups(names))
+        return sum(int(self._script("pair_promote", group, now, [])) for group in self._groups(names))
 
     def resend_queued(self) -> None:
         now = self.clock()
         for group in self._groups(self._all_queues(fresh=True)):
-            self._pairing("pair_resend", group, now, [])
+            self._script("pair_resend", group, now, [])
