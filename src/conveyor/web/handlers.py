@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..app import Conveyor
-from ..brokers import STATES, JobPage, JobRecord
+from ..brokers import STATES, JobPage, JobQuery, JobRecord
 from ..errors import ConveyorError, InvalidArguments, JobNotFound, PayloadTooLarge, UnknownTask
 from ..presentation import display_state, is_reserved
 
@@ -138,6 +138,11 @@ class JobFilter:
     since: float | None = None
     until: float | None = None
 
+    def query(self, limit: int, cursor: str | None, state: str | None = None) -> JobQuery:
+        """The store's query for one page of these filters (``state`` replaces the filter's)."""
+        return JobQuery(state=state or self.state, queue=self.queue, task=self.task, search=self.search,
+                        since=self.since, until=self.until, limit=limit, cursor=cursor)
+
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> JobFilter:
         state = parse_name(values.get("state"), "state")
@@ -159,16 +164,12 @@ def search(app: Conveyor, filters: JobFilter, limit: int, cursor: str | None = N
     state: its jobs are read among the running ones (few: what workers hold), asking each time
     for no more than the page still lacks, so that the cursor never skips one."""
     if filters.state != "reserved":
-        return app.store.search_jobs(state=filters.state, queue=filters.queue, task=filters.task,
-                                      search=filters.search, since=filters.since, until=filters.until,
-                                      limit=limit, cursor=cursor)
+        return app.store.search_jobs(filters.query(limit, cursor))
     found: list[JobRecord] = []
     scanned = reads = 0
     while len(found) < limit and scanned < RESERVED_SCAN and reads < RESERVED_READS:
         reads += 1
-        page = app.store.search_jobs(state="running", queue=filters.queue, task=filters.task,
-                                      search=filters.search, since=filters.since, until=filters.until,
-                                      limit=limit - len(found), cursor=cursor)
+        page = app.store.search_jobs(filters.query(limit - len(found), cursor, state="running"))
         found += [r for r in page.jobs if is_reserved(r)]
         scanned += len(page.jobs)
         cursor = page.cursor
