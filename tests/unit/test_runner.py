@@ -421,3 +421,28 @@ def test_a_job_that_cannot_even_be_prepared_fails_without_raising(
     assert outcome.error["type"] == "ConfigError"
     assert "NoSuchType" in outcome.error["message"]
     assert runner.running == {}
+
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_started_marks_go_only_to_stores_that_declare_them(
+    app: Conveyor, runner: Runner, lease_next: Callable[[], Lease], monkeypatch: pytest.MonkeyPatch,
+    declared: bool
+) -> None:
+    sent: list[object] = []
+    monkeypatch.setattr(app.broker, "mark_started", sent.append)
+    monkeypatch.setattr(app.broker, "supports_start_marks", declared)
+    seen: list[int] = []
+
+    @app.task(name="long")
+    def long() -> None:
+        job_id, token, _ = runner._marks[0]
+        runner._marks[0] = (job_id, token, time.time() - 1.0)  # as if it had run for a second
+        runner.flush_marks()
+        seen.append(token)
+
+    long.enqueue()
+    lease = lease_next()
+    runner.execute(lease)
+    assert seen == [lease.token]
+    assert sent == ([[(lease.job_id, lease.token, pytest.approx(time.time() - 1.0, abs=0.5))]] if declared else [])

@@ -49,6 +49,7 @@ class MemoryBroker(MemoryPairing, Broker):
     supports_notify = True
     shared_between_processes = False
     supports_search = True
+    supports_start_marks = True
 
     def __init__(self, url: str = "memory://", *, clock: Clock | None = None) -> None:
         super().__init__(url, clock=clock)

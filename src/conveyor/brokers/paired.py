@@ -63,6 +63,7 @@ class PairedBroker(Broker):
             setattr(self, name, getattr(transport, name))
         self.shared_between_processes = transport.shared_between_processes and store.shared_between_processes
         self.supports_search = store.supports_search
+        self.supports_start_marks = store.supports_start_marks
         store.use_outbox()
         self._lock = threading.Lock()
         self._held: dict[tuple[str, int], tuple[Delivery, str]] = {}  # (job id, token) -> (delivery, consumer)

@@ -63,6 +63,7 @@ class SQLiteBroker(SQLitePairing, SQLiteReads, Broker):
     scheme = "sqlite"
     supports_transactions = True
     supports_search = True
+    supports_start_marks = True
 
     def __init__(self, url: str = "sqlite:///conveyor.db", *, clock: Clock | None = None) -> None:
         super().__init__(url, clock=clock)

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..errors import BrokerError
 from .records import (
     STATES,
     TERMINAL_STATES,
@@ -77,6 +78,9 @@ class JobStore(ABC):
     supports_search: bool = False
     #: True when the store implements the pairing hooks (a transport can carry its jobs).
     supports_pairing: bool = False
+    #: True when :meth:`mark_started` records starts. Without it a worker sends none, and a job
+    #: reads as reserved until its ack writes its start.
+    supports_start_marks: bool = False
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url
@@ -119,12 +123,12 @@ class JobStore(ABC):
     def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
         """Push the deadline of the given (job id, token) leases ``lease`` seconds from now."""
 
-    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
+    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:  # noqa: B027 - optional (flag)
         """Record when leased jobs really began to run: ``(job id, token, started_at)`` each,
         ignored for a stale token. Until then a leased job is *reserved* (``running`` with no
         ``started_at``). Workers send these in batches with their heartbeats, never one round
-        trip per job; the ack carries ``started_at`` too, for a job that ended before its mark."""
-        raise NotImplementedError
+        trip per job; the ack carries ``started_at`` too, for a job that ended before its mark.
+        Stores that implement it declare ``supports_start_marks``; the default records nothing."""
 
     def reserved_counts(self) -> dict[str, int]:
         """``{queue: n}``: jobs leased by a worker that have not started yet (see
@@ -408,37 +412,42 @@ class JobStore(ABC):
         return self.recover()
 
     # -- pairing hooks (stores with ``supports_pairing``) ---------------------------------------
+    def _not_pairable(self) -> BrokerError:
+        """What the pairing hooks of a store without them raise (PairedBroker refuses such a store
+        before it would call one)."""
+        return BrokerError(f"the {self.scheme}:// store cannot be paired with a transport (no supports_pairing)")
+
     def claim_jobs(self, jobs: Sequence[Dispatch], lease: float, consumer: str) -> list[Lease]:
         """Lease the given jobs, delivered by a transport, exactly as :meth:`fetch` would lease
         them (a new fencing token, the attempt counted, reserved until marked started). A job
         that is not ``queued`` (cancelled, deleted, scheduled, or leased already: a duplicate
         delivery) or whose queue is paused is skipped. Leases come in the order of ``jobs``. (Each
         names its queue too, so that a store sharded by queue finds the job in one place.)"""
-        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+        raise self._not_pairable()
 
     def use_outbox(self) -> None:
         """Keep an outbox from now on: every job that becomes ``queued`` (enqueued, due, handed
         back, recovered, retried by hand) is marked to be sent until :meth:`mark_sent`. A paired
         broker calls this once; forks of the store carry it."""
-        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+        raise self._not_pairable()
 
     def outbox(self, limit: int = 1000, among: Sequence[Dispatch] | None = None) -> list[Dispatch]:
         """Up to ``limit`` marked jobs that are still ``queued`` (of ``among`` only, when given),
         oldest mark first, unmarking the others: cancelled or deleted jobs need no delivery."""
-        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+        raise self._not_pairable()
 
     def resend_queued(self) -> None:
         """Mark every ``queued`` job to be sent again (after a transport lost its deliveries)."""
-        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+        raise self._not_pairable()
 
     def mark_sent(self, jobs: Sequence[Dispatch]) -> None:
         """Unmark jobs whose delivery the transport accepted."""
-        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+        raise self._not_pairable()
 
     def promote(self, queues: Sequence[str] | None = None) -> int:
         """Move due scheduled jobs to the queue (into the outbox when kept); how many moved. With
         ``queues``, a store may move only theirs (a fetch needs no more)."""
-        raise NotImplementedError(f"the {self.scheme}:// store cannot be paired with a transport")
+        raise self._not_pairable()
 
 
 class Broker(JobStore):

@@ -108,7 +108,6 @@ class Runner:
         self.run_times = RunTimes()
         self.log_jobs = job_log.isEnabledFor(logging.INFO)
         self._marks: list[tuple[str, int, float]] = []  # (job id, token, started_at) to write
-        self._marks_supported = True
         self._refusals_logged: set[str] = set()
         self._acks: list[Outcome] = []
         self._acks_since = 0.0
@@ -186,12 +185,8 @@ class Runner:
             marks = [m for m in self._marks if m[0] in self.running]
             self._marks = [m for m in marks if now - m[2] < MARK_AFTER]
             marks = [m for m in marks if now - m[2] >= MARK_AFTER]
-        if not marks or not self._marks_supported:
-            return
-        try:
+        if marks and self.broker.supports_start_marks:  # else the ack writes the start
             self.broker.mark_started(marks)
-        except NotImplementedError:
-            self._marks_supported = False  # a third-party broker without it: jobs show as reserved
 
     def add_ack(self, outcome: Outcome) -> int:
         """Queue an outcome for the next batched ack; returns how many wait."""

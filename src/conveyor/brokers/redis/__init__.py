@@ -37,3 +37,4 @@ class RedisBroker(RedisPairing, RedisLifecycle, RedisControl, RedisQueries, Redi
     supports_native_delays = True
     supports_notify = True
     supports_pairing = True
+    supports_start_marks = True
