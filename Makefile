@@ -17,7 +17,7 @@ $(RUNTIME): pyproject.toml
 
 # What the tests need on top: test tools, linters, and Chromium for the browser tests.
 $(STAMP): $(RUNTIME)
-	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,redis,postgres,amqp,stomp,zmq]'
 	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 

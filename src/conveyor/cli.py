@@ -82,7 +82,7 @@ class _Group(click.Group):
     time and memory.
     """
 
-    lazy = {"web": "conveyor.web.command:web"}
+    lazy = {"web": "conveyor.web.command:web", "migrate": "conveyor.admin:migrate", "doctor": "conveyor.admin:doctor"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])

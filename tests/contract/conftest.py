@@ -9,6 +9,7 @@ instead of sleeping.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -175,12 +176,40 @@ PAIRED_STORES: dict[str, Callable[[Path, FakeClock], Broker]] = {
     "redis-cluster": _redis_cluster,
 }
 
+
+def _real_transports() -> dict[str, Callable[[Path, FakeClock], Broker]]:
+    """Real transports join the pairing axis as one module each beside this file,
+    ``pairing_<name>.py``, defining ``make_transport(tmp_path) -> Transport`` (which calls
+    ``require_service`` first, so a missing server skips locally and fails in CI; the transport
+    may have a ``drop()`` that deletes what the test made) and ``STORES``: the names of
+    ``PAIRED_STORES`` it is paired with in the suite."""
+    found: dict[str, Callable[[Path, FakeClock], Broker]] = {}
+    for path in sorted(Path(__file__).parent.glob("pairing_*.py")):
+        spec = importlib.util.spec_from_file_location(f"contract_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        name = path.stem.removeprefix("pairing_")
+        for store_name in module.STORES:
+            found[f"{name}+{store_name}"] = _with_transport(module.make_transport, PAIRED_STORES[store_name])
+    return found
+
+
+def _with_transport(make_transport: Callable[[Path], Any],
+                    store: Callable[[Path, FakeClock], Broker]) -> Callable[[Path, FakeClock], Broker]:
+    def factory(tmp_path: Path, clock: FakeClock) -> Broker:
+        return PairedBroker(make_transport(tmp_path), store(tmp_path, clock))
+
+    return factory
+
+
 BROKERS: dict[str, Callable[[Path, FakeClock], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
     "redis-cluster": _redis_cluster,
     **{f"memory-transport+{name}": _paired(store) for name, store in PAIRED_STORES.items()},
+    **_real_transports(),
 }
 
 
@@ -196,9 +225,12 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> 
     try:
         yield made
     finally:
-        drop = getattr(made, "drop", None)  # brokers on a shared server delete their keys
-        if drop is not None:
-            drop()
+        # Brokers on a shared server delete their keys (a paired one: its store's and its transport's).
+        parts = [made] if not isinstance(made, PairedBroker) else [made.store, made.transport]
+        for part in parts:
+            drop = getattr(part, "drop", None)
+            if drop is not None:
+                drop()
         made.close()
 
 

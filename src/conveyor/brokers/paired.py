@@ -26,7 +26,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import BrokerError, ConfigError
-from .records import Dispatch, Event, ExtendResult, JobPage, JobQuery, JobRecord, Lease, Message, Outcome, WorkerInfo
+from .records import (
+    Check,
+    Dispatch,
+    Event,
+    ExtendResult,
+    JobPage,
+    JobQuery,
+    JobRecord,
+    Lease,
+    Message,
+    Outcome,
+    WorkerInfo,
+)
 from .store import Broker, JobStore
 from .transport import Delivery, Transport
 
@@ -99,6 +111,13 @@ class PairedBroker(Broker):
 
     def fork(self) -> PairedBroker:
         return PairedBroker(self.transport.fork(), self._store.fork())
+
+    def migrate(self) -> str:
+        return self._store.migrate()
+
+    def diagnose(self) -> list[Check]:
+        """The store's findings, then the transport's."""
+        return [*self._store.diagnose(), *self.transport.diagnose()]
 
     # -- the outbox --------------------------------------------------------------------------
     def _send(self, among: Sequence[Dispatch] | None = None) -> int:

@@ -14,6 +14,7 @@ __all__ = [
     "ACTIVE_STATES",
     "STATES",
     "TERMINAL_STATES",
+    "Check",
     "Clock",
     "Dispatch",
     "Event",
@@ -38,6 +39,17 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATES = frozenset({"queued", "scheduled", "running"})
 
 Clock = Callable[[], float]
+
+
+@dataclass(slots=True, frozen=True)
+class Check:
+    """One finding of ``conveyor doctor``: what was checked, whether it is fine, and what to do."""
+
+    what: str
+    ok: bool
+    detail: str = ""
+    #: What the user should do when ``ok`` is False (one line).
+    advice: str = ""
 
 
 @dataclass(slots=True)

@@ -27,11 +27,19 @@ _STORES = {
     "rediss": "conveyor.brokers.redis:RedisBroker",
     "redis+sentinel": "conveyor.brokers.redis:RedisBroker",
     "rediss+sentinel": "conveyor.brokers.redis:RedisBroker",
+    "postgresql": "conveyor.brokers.postgres:PostgresBroker",
+    "postgres": "conveyor.brokers.postgres:PostgresBroker",
 }
 _TRANSPORTS = {
     "memory": "conveyor.brokers.memory_transport:MemoryTransport",
+    "amqp": "conveyor.brokers.amqp:AMQPTransport",
+    "amqps": "conveyor.brokers.amqp:AMQPTransport",
+    "stomp": "conveyor.brokers.stomp:STOMPTransport",
+    "stomp+ssl": "conveyor.brokers.stomp:STOMPTransport",
+    "zmq": "conveyor.brokers.zmq:ZMQTransport",
 }
-_EXTRAS = {"rediss": "redis", "redis+sentinel": "redis", "rediss+sentinel": "redis"}  # scheme -> pip extra
+_EXTRAS = {"rediss": "redis", "redis+sentinel": "redis", "rediss+sentinel": "redis", "postgresql": "postgres",
+           "amqps": "amqp", "stomp+ssl": "stomp"}  # scheme -> pip extra
 _STORE_GROUPS = ("conveyor.stores", "conveyor.brokers")
 _TRANSPORT_GROUPS = ("conveyor.transports",)
 

@@ -22,6 +22,7 @@ from ..errors import BrokerError
 from .records import (
     STATES,
     TERMINAL_STATES,
+    Check,
     Clock,
     Dispatch,
     Event,
@@ -99,6 +100,23 @@ class JobStore(ABC):
     def fork(self) -> JobStore:
         """A new, unopened store on the same URL, for another process or thread."""
         return type(self)(self.url, clock=self.clock)
+
+    def migrate(self) -> str:
+        """Create or upgrade the schema (``conveyor migrate APP``); a line saying what was done.
+
+        Default, for stores that create their schema when they open: open and close."""
+        self.open()
+        self.close()
+        return f"the {self.scheme}:// store creates its schema when it opens: nothing to migrate"
+
+    def diagnose(self) -> list[Check]:
+        """What ``conveyor doctor`` reports of this store. Default: it opens and answers a count."""
+        try:
+            self.open()
+            self.counts()
+        except Exception as exc:
+            return [Check(f"{self.scheme}:// store reachable", False, str(exc), "check the URL and the server")]
+        return [Check(f"{self.scheme}:// store reachable", True)]
 
     # -- moving jobs -------------------------------------------------------------------------
     @abstractmethod

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .records import Dispatch
+from .records import Check, Dispatch
 
 __all__ = ["Delivery", "Transport"]
 
@@ -74,6 +74,15 @@ class Transport(ABC):
     def fork(self) -> Transport:
         """A new, unopened transport on the same URL, for another process or thread."""
         return type(self)(self.url)
+
+    def diagnose(self) -> list[Check]:
+        """What ``conveyor doctor`` reports of this transport (reachable, configured as Conveyor
+        needs: plugins, queue types). Default: it opens."""
+        try:
+            self.open()
+        except Exception as exc:
+            return [Check(f"{self.scheme}:// transport reachable", False, str(exc), "check the URL and the server")]
+        return [Check(f"{self.scheme}:// transport reachable", True)]
 
     @abstractmethod
     def send(self, dispatches: Sequence[Dispatch]) -> None:
