@@ -202,6 +202,7 @@ class PairedBroker(Broker):
 
     def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
         accepted = self._store.ack(outcomes)
+        self.transport.outcomes(outcomes, accepted)
         now = self.clock()
         settle: list[Delivery] = []
         requeue: list[Delivery] = []

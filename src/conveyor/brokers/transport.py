@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .records import Check, Dispatch
+from .records import Check, Dispatch, Outcome
 
 __all__ = ["Delivery", "Transport"]
 
@@ -101,6 +101,11 @@ class Transport(ABC):
     @abstractmethod
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         """Give deliveries back to their queues, in their place where the transport can."""
+
+    def outcomes(self, outcomes: Sequence[Outcome], accepted: Sequence[bool]) -> None:  # noqa: B027 - optional hook
+        """Told of every batch of outcomes after the store recorded it (``accepted``: each one's
+        fencing verdict), for transports that publish job events (ZeroMQ's PUB socket). Default:
+        nothing. Must not raise for a subscriber's sake."""
 
     @abstractmethod
     def purge(self, queue: str) -> int:
