@@ -136,7 +136,8 @@ class Conveyor:
     def enqueue(self, name: str, args: Sequence[Any] | None = None,
                 kwargs: Mapping[str, Any] | None = None, **options: Any) -> Job[Any]:
         """Enqueue a task by name (for callers without its code object); options as in
-        :meth:`Task.options`. Raises UnknownTask, InvalidArguments or PayloadTooLarge."""
+        :meth:`Task.options` (``connection=conn`` writes the job inside the caller's transaction).
+        Raises UnknownTask, InvalidArguments or PayloadTooLarge."""
         task = self.get_task(name)
         # list("in.mov") would silently become one argument per character
         if args is not None and (isinstance(args, (str, bytes)) or not isinstance(args, Sequence)):
@@ -144,7 +145,8 @@ class Conveyor:
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise TypeError(f"kwargs of {name!r} must be a dict, not {type(kwargs).__name__}")
         msg = task.message(list(args or ()), dict(kwargs or {}), options)
-        (job_id,) = self.broker.enqueue([msg])
+        connection = options.get("connection")
+        (job_id,) = self.broker.enqueue([msg]) if connection is None else self.broker.enqueue_within(connection, [msg])
         return Job(self, job_id, task)
 
     def get_job(self, job_id: str) -> Job[Any]:

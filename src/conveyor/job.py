@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
@@ -178,7 +179,8 @@ class CurrentJob:
 
     def __init__(self, job_id: str, task: str, queue: str, attempt: int, max_attempts: int,
                  report: Callable[[float | None, str | None], None],
-                 is_cancelled: Callable[[], bool]) -> None:
+                 is_cancelled: Callable[[], bool],
+                 transaction: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
         self.id = job_id
         self.task = task
         self.queue = queue
@@ -186,6 +188,7 @@ class CurrentJob:
         self.max_attempts = max_attempts
         self._report = report
         self._is_cancelled = is_cancelled
+        self._transaction = transaction
 
     def __repr__(self) -> str:
         return f"<CurrentJob {self.id} {self.task} attempt {self.attempt}/{self.max_attempts}>"
@@ -195,6 +198,21 @@ class CurrentJob:
         if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise ValueError(f"progress fraction must be within 0..1, not {fraction}")
         self._report(fraction, message)
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """A connection to the store's database in a transaction whose commit also records this
+        job's success, atomically: ``with current_job().transaction() as conn: conn.execute(...)``.
+
+        If the process dies before the commit, neither the effect nor the success happened and the
+        job runs again; after it, both happened and the job never runs again (what the task does
+        after the block cannot fail the job any more). On PostgreSQL the connection is a psycopg
+        3 connection; on SQLite a ``sqlite3.Connection`` to the store's file. An exception in the
+        block rolls back. Raises ConfigError on other stores, and StaleLease (rolled back) when
+        the job's lease was lost meanwhile (another worker has it).
+        """
+        if self._transaction is None:
+            raise RuntimeError("this job was not started by a worker: it has no transaction")
+        return self._transaction()
 
     @property
     def cancelled(self) -> bool:

@@ -112,6 +112,17 @@ class PairedBroker(Broker):
     def fork(self) -> PairedBroker:
         return PairedBroker(self.transport.fork(), self._store.fork())
 
+    def enqueue_within(self, connection: Any, messages: Sequence[Message]) -> list[str]:
+        """Refused: the transport's send cannot join the caller's transaction."""
+        raise ConfigError(
+            f"enqueue(connection=...) is not supported through a transport ({self.transport.scheme}:// + "
+            f"{self._store.scheme}://store): the delivery is sent outside your transaction. Enqueue "
+            f"inside a transaction with the store alone as the app's broker")
+
+    def job_transaction(self, job_id: str, token: int) -> Any:
+        """The store's: the lease and the outcome live there (the delivery settles at the ack)."""
+        return self._store.job_transaction(job_id, token)
+
     def migrate(self) -> str:
         return self._store.migrate()
 

@@ -16,9 +16,10 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
-from ..errors import BrokerError
+from ..errors import BrokerError, ConfigError
 from .records import (
     STATES,
     TERMINAL_STATES,
@@ -128,6 +129,26 @@ class JobStore(ABC):
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
         """Lease up to ``limit`` ready jobs from ``queues`` (in that order of preference) for
         ``lease`` seconds. Paused queues are skipped. Never blocks."""
+
+    def enqueue_within(self, connection: Any, messages: Sequence[Message]) -> list[str]:
+        """:meth:`enqueue` inside the caller's open transaction on ``connection`` (its own database
+        connection: psycopg 3, SQLAlchemy, Django, sqlite3): the jobs exist if, and only if, that
+        transaction commits, and workers are woken at the commit. Stores that are the
+        application's database (``supports_transactions``) implement it; the others raise
+        ConfigError."""
+        raise ConfigError(
+            f"enqueue(connection=...) joins your database transaction, so it needs a store that is that "
+            f"database: postgresql:// or sqlite:// (this app's store is {self.scheme}://)")
+
+    def job_transaction(self, job_id: str, token: int) -> AbstractContextManager[Any]:
+        """For ``current_job().transaction()``: a connection in a transaction whose commit also
+        records the job (leased with ``token``) as succeeded, atomically; a stale token rolls it
+        back and raises StaleLease. Stores with ``supports_transactions`` implement it; the others
+        raise ConfigError."""
+        raise ConfigError(
+            f"current_job().transaction() commits the task's effect and the job's success together, so it "
+            f"needs a store that is the application's database: postgresql:// or sqlite:// "
+            f"(this job's store is {self.scheme}://)")
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block up to ``timeout`` seconds or until work may be ready. Default: sleep."""

@@ -334,8 +334,11 @@ class Runner:
                 state.observed_cancel = True
             return state.cancelled
 
+        def transaction() -> Any:
+            return self.broker.job_transaction(lease.job_id, lease.token)
+
         return CurrentJob(lease.job_id, lease.task, lease.queue, lease.attempt, lease.max_attempts,
-                          report, is_cancelled)
+                          report, is_cancelled, transaction)
 
     def _verdict(self, lease: Lease, task: Any, state: _Running, started: float,
                  result: Any = None, exc: BaseException | None = None) -> Outcome:
