@@ -14,6 +14,11 @@ a store that claims natively would do it. The transport only carries job ids:
   requeued in the transport instead, so it keeps its place where the transport can.
 * Everything else (control, queries, heartbeats) goes to the store.
 
+A delivery may also carry a *job message* published by a client in another language (see
+:mod:`~conveyor.brokers.wire`): ``fetch`` first adds that job to the store, then claims it as any
+other (it is unmarked from the outbox, so it is not sent a second time). A body that does not fit
+the format is recorded as a ``failed`` job with the reason, and its delivery settled.
+
 Delays wait in the store's schedule, never in the transport; ``fetch`` and ``recover`` move due
 jobs to the queue, and so into the outbox.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import BrokerError, ConfigError
@@ -41,6 +47,7 @@ from .records import (
 )
 from .store import Broker, JobStore
 from .transport import Delivery, Transport
+from .wire import MAX_PAYLOAD, WireError, failed_message, job_message
 
 __all__ = ["PairedBroker"]
 
@@ -58,13 +65,15 @@ class PairedBroker(Broker):
     Args:
         transport: carries deliveries; it keeps no job history.
         store: the job database; it must support pairing (``supports_pairing``).
+        max_payload: the largest job message (body bytes) a client may publish; a larger one is
+            recorded as ``failed`` (``PayloadTooLarge``).
     """
 
     supports_native_delays = False
     supports_notify = False
     supports_transactions = False
 
-    def __init__(self, transport: Transport, store: JobStore) -> None:
+    def __init__(self, transport: Transport, store: JobStore, max_payload: int = MAX_PAYLOAD) -> None:
         if isinstance(store, PairedBroker) or not store.supports_pairing:
             raise ConfigError(f"the {store.scheme}:// store cannot be paired with a transport")
         super().__init__(transport.url, clock=store.clock)
@@ -80,6 +89,8 @@ class PairedBroker(Broker):
         self._lock = threading.Lock()
         self._held: dict[tuple[str, int], tuple[Delivery, str]] = {}  # (job id, token) -> (delivery, consumer)
         self._stash: list[Delivery] = []  # received by wait(), claimed by the next fetch()
+        self.max_payload = max_payload
+        self._refused: dict[str, dict[str, Any]] = {}  # job id -> error: job messages to record as failed
 
     def __repr__(self) -> str:
         return f"<PairedBroker {self.transport.scheme}:// + {self._store.scheme}://>"
@@ -110,7 +121,7 @@ class PairedBroker(Broker):
             self._store.close()
 
     def fork(self) -> PairedBroker:
-        return PairedBroker(self.transport.fork(), self._store.fork())
+        return PairedBroker(self.transport.fork(), self._store.fork(), self.max_payload)
 
     def enqueue_within(self, connection: Any, messages: Sequence[Message]) -> list[str]:
         """Refused: the transport's send cannot join the caller's transaction."""
@@ -172,11 +183,53 @@ class PairedBroker(Broker):
         deliveries = taken + self.transport.receive(wanted, limit - len(taken), 0.0)
         leases: list[Lease] = []
         while deliveries:  # dropped deliveries (duplicates, cancelled jobs) make room for more
-            leases += self._claim(deliveries, lease, consumer)
+            leases += self._claim(self._import(deliveries), lease, consumer)
             if len(leases) >= limit:
                 break
             deliveries = self.transport.receive(wanted, limit - len(leases), 0.0)
         return leases
+
+    def _import(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Add the job messages among ``deliveries`` to the store; each becomes a delivery of its
+        job (keeping its body: a hand-back sends a dispatch instead of requeueing it). A body that
+        does not fit the format becomes a job failed with the reason (settled by :meth:`_claim`)."""
+        if all(d.body is None for d in deliveries):
+            return deliveries
+        now = self.clock()
+        messages: list[Message] = []
+        refused: dict[str, dict[str, Any]] = {}
+        for d in deliveries:
+            if d.body is not None:
+                try:
+                    messages.append(job_message(d.body, d.queue, now, self.max_payload))
+                except WireError as exc:
+                    m = failed_message(d.body, d.queue, now)
+                    refused[m.id] = exc.error()
+                    log.error("refused a message on queue %r: %s (recorded as failed job %s)", d.queue, exc, m.id)
+                    messages.append(m)
+        try:
+            ids = iter(self._store.enqueue(messages))
+        except BaseException:
+            self.transport.requeue(deliveries)
+            raise
+        made = iter(messages)
+        out: list[Delivery] = []
+        forwarded: list[Delivery] = []
+        for d in deliveries:
+            if d.body is None:
+                out.append(d)
+                continue
+            m, job_id = next(made), next(ids)
+            if m.queue != d.queue:  # a job for another queue: the outbox carries it there
+                forwarded.append(d)
+            else:
+                out.append(replace(d, job_id=job_id, priority=m.priority))
+        with self._lock:
+            self._refused.update(refused)
+        if forwarded:
+            self.transport.settle(forwarded)
+            self._send()
+        return out
 
     def _claim(self, deliveries: list[Delivery], lease: float, consumer: str) -> list[Lease]:
         try:
@@ -193,8 +246,17 @@ class PairedBroker(Broker):
                     drop.append(d)
                 else:
                     self._held[(got.job_id, got.token)] = (d, consumer)
+            imported = [d.dispatch for d in deliveries if d.body is not None]
+            refused = {x.job_id: self._refused.pop(x.job_id) for x in leases if x.job_id in self._refused}
+        if imported:  # carried already, by the message that made them: not to be sent again
+            self._store.mark_sent(imported)
         if drop:
             self.transport.settle(drop)
+        if refused:
+            now = self.clock()
+            self.ack([Outcome(x.job_id, x.token, "failed", error=refused[x.job_id], started_at=now, finished_at=now)
+                      for x in leases if x.job_id in refused])
+            leases = [x for x in leases if x.job_id not in refused]
         return leases
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
@@ -222,7 +284,9 @@ class PairedBroker(Broker):
                 held = self._held.pop((o.job_id, o.token), None)
                 if held is None:
                     continue
-                back = ok and o.state == "queued" and (o.run_at is None or o.run_at <= now)
+                # A job message is not requeued as it is (it would make the job again): the
+                # outbox sends a dispatch of the job instead.
+                back = ok and o.state == "queued" and (o.run_at is None or o.run_at <= now) and held[0].body is None
                 (requeue if back else settle).append(held[0])
         if settle:
             self.transport.settle(settle)

@@ -18,14 +18,16 @@ worker as its own.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .records import Check, Dispatch, Outcome
 
-__all__ = ["Delivery", "Transport"]
+__all__ = ["Delivery", "Transport", "prefetch_for", "split_options"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,6 +41,10 @@ class Delivery:
     tag: Any = None
     #: True when the transport has handed this delivery out before (it was requeued or lost).
     redelivered: bool = False
+    #: The body of a *job message* (see :mod:`~conveyor.brokers.wire`): a job a client published
+    #: that is not in the store yet (``job_id`` is then empty). The paired broker adds it to the
+    #: store before claiming it, or records it as ``failed`` when it does not fit the format.
+    body: bytes | None = None
 
     @property
     def dispatch(self) -> Dispatch:
@@ -110,3 +116,22 @@ class Transport(ABC):
     @abstractmethod
     def purge(self, queue: str) -> int:
         """Drop the waiting deliveries of ``queue``; how many."""
+
+
+def split_options(url: str, names: Collection[str]) -> tuple[dict[str, str], str]:
+    """The query options ``names`` of a transport URL (Conveyor's own), and the URL without them
+    (what the client library is given)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in names}
+    rest = [(k, v) for k, v in query if k not in names]
+    return ours, urlunsplit(parts._replace(query=urlencode(rest)))
+
+
+def prefetch_for(limits: Sequence[int], ceiling: int) -> int:
+    """The prefetch (unacknowledged deliveries a server may push) of a consumer whose recent
+    fetches asked for ``limits``: twice the largest, rounded up to a power of two so that it
+    changes seldom, between 2 and ``ceiling``. A worker's fetch size follows its jobs' run time
+    (see ``worker/dispatch.py``), so slow jobs hold few deliveries and fast ones fill the pipe."""
+    want = 2 * max(limits, default=1)
+    return max(2, min(ceiling, 1 << math.ceil(math.log2(want))))
