@@ -29,6 +29,8 @@ __all__ = [
     "WorkerInfo",
     "job_event_data",
     "job_matches",
+    "live_dispatches",
+    "logged_event",
     "percentile",
     "summarize",
 ]
@@ -236,6 +238,33 @@ def job_event_data(job: JobRecord) -> dict[str, Any]:
     return {"id": job.id, "task": job.task, "queue": job.queue, "state": job.state,
             "progress": job.progress, "progress_message": job.progress_message, "attempts": job.attempts,
             "started_at": job.started_at}
+
+
+def logged_event(event_id: str, at: float, kind: str, ref: str, state: str, task: str | None, queue: str | None,
+                 progress: float | None, message: str | None, attempts: int | None,
+                 started_at: float | None) -> Event:
+    """An :class:`Event` from a row of a SQL store's change log (joined with the job it names)."""
+    data: dict[str, Any]
+    if kind == "job":
+        data = {"id": ref, "task": task, "queue": queue, "state": state, "progress": progress,
+                "progress_message": message, "attempts": attempts, "started_at": started_at}
+    elif kind == "queue":
+        data = {"name": ref, "paused": state == "paused"}
+    else:
+        data = {"id": ref, "state": state}
+    return Event(event_id, kind, data, at)
+
+
+def live_dispatches(rows: Iterable[Sequence[Any]], limit: int) -> tuple[list[Dispatch], list[Dispatch]]:
+    """Outbox rows ``(job id, queue, priority, seq, state)`` split into the jobs still queued (at
+    most ``limit``: to send) and the others (cancelled or deleted since marked: to unmark)."""
+    live, stale = [], []
+    for job_id, queue, priority, seq, state in rows:
+        if state == "queued":
+            live.append(Dispatch(job_id, queue, priority, seq))
+        else:
+            stale.append(Dispatch(job_id, queue or ""))
+    return live[:limit], stale
 
 
 def job_matches(job: JobRecord, search: str | None, since: float | None, until: float | None) -> bool:

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from .named import read_blocks
-from .records import Dispatch, Lease
+from .records import Dispatch, Lease, live_dispatches
 
 if TYPE_CHECKING:
     from .records import Clock
@@ -73,11 +73,10 @@ class SQLitePairing:
                 for i in range(0, len(job_ids), _CHUNK):
                     chunk = list(job_ids[i:i + _CHUNK])
                     rows += conn.execute(P["outbox_of"].format(ids=",".join("?" * len(chunk))), chunk).fetchall()
-        stale = [Dispatch(r[0], r[1] or "") for r in rows if r[4] != "queued"]
+        live, stale = live_dispatches(rows, limit)
         if stale:  # cancelled or deleted since it was marked: nothing to carry
             self.mark_sent(stale)
-        return [Dispatch(job_id, queue, priority, seq) for job_id, queue, priority, seq, state in rows
-                if state == "queued"][:limit]
+        return live
 
     def resend_queued(self) -> None:
         with self._write() as conn:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .named import read_blocks
-from .records import Event, JobPage, JobRecord, WorkerInfo
+from .records import Event, JobPage, JobRecord, WorkerInfo, logged_event
 
 if TYPE_CHECKING:
     from .records import Clock
@@ -119,11 +119,11 @@ class SQLiteReads:
             events: list[Event] = []
             for seq, at, *data in conn.execute(Q["new_jobs"], (seq_from, limit)).fetchall():
                 seq_from = seq
-                events.append(Event(f"{log_from}-{seq}", "job", _job_data(*data), at))
+                events.append(logged_event(f"{log_from}-{seq}", at, "job", *data))
             if len(events) < limit:
                 for row in conn.execute(Q["changes"], (log_from, limit - len(events))).fetchall():
                     log_from = row[0]
-                    events.append(_event(f"{log_from}-{seq_from}", row))
+                    events.append(logged_event(f"{log_from}-{seq_from}", *row[1:]))
         return events, f"{log_from}-{seq_from}"
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -152,20 +152,3 @@ class SQLiteReads:
             rows = conn.execute(Q["workers"], (self.clock() - max_age,)).fetchall()
         return [WorkerInfo(**orjson.loads(info)) for info, _ in rows]
 
-
-def _job_data(job_id: str, state: str, task: str, queue: str, progress: float | None, message: str | None,
-              attempts: int | None, started_at: float | None) -> dict[str, Any]:
-    return {"id": job_id, "task": task, "queue": queue, "state": state, "progress": progress,
-            "progress_message": message, "attempts": attempts, "started_at": started_at}
-
-
-def _event(event_id: str, row: tuple[Any, ...]) -> Event:
-    _, at, kind, ref, state, task, queue, progress, message, attempts, started_at = row
-    data: dict[str, Any]
-    if kind == "job":
-        data = _job_data(ref, state, task, queue, progress, message, attempts, started_at)
-    elif kind == "queue":
-        data = {"name": ref, "paused": state == "paused"}
-    else:
-        data = {"id": ref, "state": state}
-    return Event(event_id, kind, data, at)

@@ -1,0 +1,197 @@
+"""Moving jobs in the PostgreSQL store: enqueue, the batch claim, acks, leases, recovery.
+
+Mixed into :class:`~conveyor.brokers.postgres.PostgresBroker`. Every batch is one statement over
+arrays (``unnest``), so a batch costs one round trip whatever its size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import psycopg
+
+from ..memory import LOST_LEASE
+from ..records import ExtendResult, Lease, Message, Outcome
+
+if TYPE_CHECKING:
+    from ..records import Clock
+
+
+def insert_params(messages: Sequence[Message], now: float) -> dict[str, list[Any]]:
+    """The arrays of the ``insert`` query for ``messages``."""
+    cols: dict[str, list[Any]] = {name: [] for name in (
+        "id", "task", "queue", "state", "priority", "payload", "key", "max_attempts", "timeout",
+        "created_at", "run_at", "updated_at")}
+    for m in messages:
+        scheduled = m.run_at is not None and m.run_at > now
+        cols["id"].append(m.id)
+        cols["task"].append(m.task)
+        cols["queue"].append(m.queue)
+        cols["state"].append("scheduled" if scheduled else "queued")
+        cols["priority"].append(m.priority)
+        cols["payload"].append(m.payload)
+        cols["key"].append(m.key)
+        cols["max_attempts"].append(m.max_attempts)
+        cols["timeout"].append(m.timeout)
+        cols["created_at"].append(m.created_at or now)
+        cols["run_at"].append(m.run_at if scheduled else now)
+        cols["updated_at"].append(now)
+    return cols
+
+
+def insert_jobs(conn: Any, q: dict[str, str], messages: Sequence[Message], now: float,
+                execute: Any = None) -> list[str]:
+    """Insert ``messages`` on ``conn``; each one's job id (an existing one for a duplicate key).
+    ``execute(conn, query, params) -> rows`` runs a statement (a psycopg connection by default;
+    callers with another driver pass their own)."""
+    run = execute or _psycopg_rows
+    params = insert_params(messages, now)
+    inserted = {row[0] for row in run(conn, q["insert"], params)}
+    if len(inserted) == len(messages):
+        return [m.id for m in messages]
+    missing = [m for m in messages if m.id not in inserted]
+    found = {row[0]: row[1] for row in run(conn, q["existing"], {
+        "id": [m.id for m in missing], "key": [m.key for m in missing]})}
+    return [m.id if m.id in inserted else (found.get(m.id) or m.id) for m in messages]
+
+
+def _psycopg_rows(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> list[Any]:
+    return conn.execute(query, params).fetchall()
+
+
+class PostgresLifecycle:
+    """The fenced lifecycle of the PostgreSQL store."""
+
+    if TYPE_CHECKING:
+        clock: Clock
+        q: dict[str, str]
+        _next_due: float | None
+
+        def _run(self, work: Any) -> Any: ...
+        def _exec(self, name: str, params: dict[str, Any] | None = None, *, fetch: str = "all") -> Any: ...
+        def _wait_notify(self, queues: Sequence[str], timeout: float) -> bool: ...
+        def _trim_changes(self) -> None: ...
+
+    def enqueue(self, messages: Sequence[Message]) -> list[str]:
+        if not messages:
+            return []
+        now = self.clock()
+        return self._run(lambda conn: insert_jobs(conn, self.q, messages, now))  # type: ignore[no-any-return]
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        now = self.clock()
+        params = {"queues": list(queues), "limit": limit, "deadline": now + lease, "consumer": consumer, "now": now}
+
+        def work(conn: psycopg.Connection[Any]) -> list[Any]:
+            with conn.pipeline():  # promote and claim: one round trip
+                conn.execute(self.q["promote"], {"now": now})
+                claimed = conn.execute(self.q["claim"], params)
+                due = conn.execute(self.q["next_due"])
+            rows = claimed.fetchall()
+            self._next_due = due.fetchone()[0]  # type: ignore[index]
+            return rows
+
+        rows = self._run(work)
+        order = {name: i for i, name in enumerate(queues)}
+        rows.sort(key=lambda r: (order.get(r[3], 0), -r[9], r[10]))
+        return [Lease(*r[:10]) for r in rows]
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Sleep until a NOTIFY names one of ``queues``, a scheduled job falls due, a poll
+        interval passed, or ``timeout``."""
+        if self._next_due is not None:
+            timeout = min(timeout, max(0.0, self._next_due - self.clock()))
+        if timeout > 0:
+            self._wait_notify(queues, timeout)
+
+    def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        now = self.clock()
+        seen: set[str] = set()
+        first = []  # a lease is settled once, even if it comes twice in one batch
+        for o in outcomes:
+            first.append(o.job_id not in seen)
+            seen.add(o.job_id)
+        wins = [o for o, ok in zip(outcomes, first) if ok and o.state == "succeeded"]
+        others = [o for o, ok in zip(outcomes, first) if ok and o.state != "succeeded"]
+        succeed = {"id": [o.job_id for o in wins], "token": [o.token for o in wins],
+                   "result": [o.result for o in wins], "started_at": [o.started_at for o in wins],
+                   "finished_at": [o.finished_at or now for o in wins], "now": now}
+
+        def work(conn: psycopg.Connection[Any]) -> set[tuple[str, int]]:
+            accepted: set[tuple[str, int]] = set()
+            with conn.pipeline():
+                done = conn.execute(self.q["succeed"], succeed) if wins else None
+                cursors = [(o, conn.execute(*self._settle(o, now))) for o in others]
+            if done is not None:
+                ids = {row[0] for row in done.fetchall()}
+                accepted |= {(o.job_id, o.token) for o in wins if o.job_id in ids}
+            accepted |= {(o.job_id, o.token) for o, cur in cursors if cur.rowcount}
+            return accepted
+
+        accepted = self._run(work)
+        return [ok and (o.job_id, o.token) in accepted for o, ok in zip(outcomes, first)]
+
+    def _settle(self, o: Outcome, now: float) -> tuple[Any, dict[str, Any]]:
+        error = orjson.dumps(o.error).decode() if o.error is not None else None
+        if o.state == "queued":
+            return self.q["hand_back"], {"id": o.job_id, "token": o.token, "now": now, "run_at": o.run_at or now,
+                                         "error": error}
+        entry = orjson.dumps({"at": o.finished_at or now, "state": o.state, "error": o.error}).decode()
+        return self.q["settle"], {
+            "state": o.state, "result": o.result, "error": error, "started_at": o.started_at,
+            "finished_at": o.finished_at or now, "run_at": o.run_at, "now": now, "entry": entry,
+            "id": o.job_id, "token": o.token}
+
+    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
+        if marks:
+            self._exec("mark_started", {"id": [m[0] for m in marks], "token": [m[1] for m in marks],
+                                        "at": [m[2] for m in marks], "now": self.clock()}, fetch="count")
+
+    def reserved_counts(self) -> dict[str, int]:
+        return {queue: n for queue, n in self._exec("reserved")}
+
+    def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
+        result = ExtendResult()
+        if not leases:
+            return result
+        rows = self._exec("extend", {"id": [j for j, _ in leases], "token": [t for _, t in leases],
+                                     "deadline": self.clock() + lease})
+        held = {job_id: cancel for job_id, cancel in rows}
+        for job_id, _ in leases:
+            if job_id not in held:
+                result.lost.add(job_id)
+            elif held[job_id]:
+                result.cancel_requested.add(job_id)
+        return result
+
+    def progress(self, job_id: str, token: int, fraction: float | None, message: str | None) -> bool:
+        return bool(self._exec("progress", {"fraction": fraction, "message": message, "now": self.clock(),
+                                            "id": job_id, "token": token}, fetch="count"))
+
+    def _lose(self, where: str, params: dict[str, Any], error: dict[str, str]) -> int:
+        now = self.clock()
+        query = self.q["lose"].replace("{where}", where)
+        params = {**params, "now": now, "error": orjson.dumps(error).decode()}
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            with conn.pipeline():
+                lost = conn.execute(query, params)
+                conn.execute(self.q["promote"], {"now": now})
+            return lost.rowcount
+
+        return self._run(work)  # type: ignore[no-any-return]
+
+    def recover(self) -> int:
+        n = self._lose("lease_until < %(now)s", {}, LOST_LEASE)
+        self._trim_changes()
+        return n
+
+    def release(self, consumer: str, reason: str) -> int:
+        return self._lose("consumer = %(consumer)s", {"consumer": consumer},
+                          {"type": "WorkerLost", "message": reason})

@@ -1,0 +1,209 @@
+"""The PostgreSQL store's connections: the URL, a psycopg_pool pool per process, one retry after a
+lost connection (said in one log line), and the LISTEN connection that wakes idle consumers.
+
+URL: ``postgresql://user:password@host:5432/dbname`` (anything libpq takes, e.g. ``?sslmode=``),
+plus Conveyor's own options, which are taken out before the URL reaches libpq:
+
+* ``schema`` (default ``public``): where Conveyor's tables live, beside the application's.
+* ``notify`` (``1``/``0``, default 1): wake idle consumers with LISTEN/NOTIFY. ``0`` for PgBouncer
+  in transaction mode (LISTEN needs a session): consumers then poll.
+* ``poll`` (seconds; default 5 with notify, 0.25 without): how often an idle consumer looks anyway.
+* ``pool`` (default 4): most connections of one process.
+* ``prepare`` (``1``/``0``, default 1): server-side prepared statements (off for old PgBouncers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ...config import redact_url
+from ...errors import BrokerError
+from ..named import read_blocks
+
+log = logging.getLogger("conveyor.brokers.postgres")
+
+T = TypeVar("T")
+_OPTIONS = {"schema", "notify", "poll", "pool", "prepare"}
+_QUERIES = read_blocks(__package__, "queries.sql")
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split a ``postgresql://`` URL into what libpq gets and Conveyor's own options."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise BrokerError(f"not a PostgreSQL URL: {redact_url(url)!r}")
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        (ours.__setitem__(name, value) if name in _OPTIONS else theirs.append((name, value)))
+    return urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(theirs), "")), ours
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise BrokerError(f"PostgreSQL URL option {name} must be 1 or 0, not {value!r}")
+
+
+class PostgresLink:
+    """Mixed into :class:`~conveyor.brokers.postgres.PostgresBroker`: connections and queries."""
+
+    url: str
+
+    def _setup_link(self, url: str) -> None:
+        self.conninfo, options = parse_url(url)
+        self.schema = options.get("schema") or "public"
+        try:
+            self.notify = _flag(options.get("notify", "1"), "notify")
+            self.prepare = _flag(options.get("prepare", "1"), "prepare")
+            self.poll_interval = float(options.get("poll", 5.0 if self.notify else 0.25))
+            self.pool_size = int(options.get("pool", 4))
+        except ValueError as exc:
+            raise BrokerError(f"bad number in PostgreSQL URL {redact_url(url)!r}: {exc}") from None
+        if self.poll_interval <= 0 or self.pool_size < 1:
+            raise BrokerError(f"poll must be > 0 and pool >= 1 in {redact_url(url)!r}")
+        quoted = sql.Identifier(self.schema).as_string(None)
+        #: The NOTIFY channel of this schema's queues (the payload is the queue's name).
+        self.channel = f"conveyor_{self.schema}"[:63]
+        self.q = {name: text.replace("{s}", quoted) for name, text in _QUERIES.items()}
+        self._pool: ConnectionPool | None = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listen_lock = threading.Lock()
+        self._woken = False
+
+    # -- connections -------------------------------------------------------------------------
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {"autocommit": True, "prepare_threshold": 5 if self.prepare else None}
+
+    def _pool_now(self) -> ConnectionPool:
+        pool = self._pool
+        if pool is not None and self._pool_pid == os.getpid():
+            return pool
+        with self._pool_lock:
+            if self._pool is not None and self._pool_pid == os.getpid():
+                return self._pool
+            # A pool (its connections and threads) never crosses fork(): a child makes its own.
+            pool = ConnectionPool(self.conninfo, min_size=1, max_size=self.pool_size, open=False,
+                                  kwargs=self._connect_kwargs(), name="conveyor", timeout=10.0,
+                                  reconnect_timeout=0)
+            try:
+                pool.open(wait=True, timeout=10.0)
+            except PoolTimeout as exc:
+                pool.close()
+                raise BrokerError(f"cannot connect to PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
+            self._pool, self._pool_pid = pool, os.getpid()
+            return pool
+
+    def _close_link(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None and self._pool_pid == os.getpid():
+                self._pool.close()
+            self._pool = None
+        with self._listen_lock:
+            if self._listener is not None and self._pool_pid in (0, os.getpid()):
+                try:
+                    self._listener.close()
+                except psycopg.Error:
+                    pass
+            self._listener = None
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``work(connection)`` on a pooled connection (autocommit: each statement commits, unless
+        ``work`` opens a transaction). A lost connection is retried once on a new one, and said."""
+        for attempt in (1, 2):
+            try:
+                with self._pool_now().connection() as conn:
+                    return work(conn)
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or not _is_lost(exc):
+                    raise BrokerError(f"PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
+                log.warning("PostgreSQL connection lost (%s); reconnecting", _cause(exc))
+            except PoolTimeout as exc:
+                raise BrokerError(f"PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def _exec(self, name: str, params: dict[str, Any] | None = None, *, fetch: str = "all") -> Any:
+        """Run the named query; ``fetch`` is "all" (rows), "one" (a row or None) or "count"."""
+        query = self.q[name]
+
+        def work(conn: psycopg.Connection[Any]) -> Any:
+            cur = conn.execute(query, params)  # trusted text from queries.sql
+            if fetch == "count":
+                return cur.rowcount
+            if fetch == "one":
+                return cur.fetchone()
+            return cur.fetchall() if cur.description else []
+
+        return self._run(work)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection (for statements that must commit together)."""
+        with self._pool_now().connection() as conn, conn.transaction():
+            yield conn
+
+    # -- waking idle consumers ---------------------------------------------------------------
+    def _listen(self) -> psycopg.Connection[Any] | None:
+        """The LISTEN connection of this process (None with ``notify=0``); made on first use and
+        again after it was lost."""
+        if not self.notify:
+            return None
+        if self._listener is not None and not self._listener.closed:
+            return self._listener
+        try:
+            conn = psycopg.connect(self.conninfo, autocommit=True)
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        except psycopg.OperationalError as exc:
+            log.warning("PostgreSQL LISTEN connection failed (%s); polling every %gs", _cause(exc),
+                        self.poll_interval)
+            return None
+        self._listener = conn
+        return conn
+
+    def _wait_notify(self, queues: Sequence[str], timeout: float) -> bool:
+        """Wait up to ``timeout`` (at most one ``poll`` interval) for a NOTIFY naming one of
+        ``queues``; True when one came. Without a LISTEN connection this is a poll's sleep."""
+        wait = min(timeout, self.poll_interval)
+        with self._listen_lock:
+            conn = self._listen()
+            if conn is None:
+                time.sleep(wait)
+                return False
+            wanted = set(queues)
+            try:
+                for note in conn.notifies(timeout=max(wait, 0.0)):
+                    if note.payload in wanted:
+                        return True
+            except psycopg.OperationalError as exc:
+                log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", _cause(exc))
+                try:
+                    conn.close()
+                finally:
+                    self._listener = None
+                return True  # look at the queue now: notifications may have been missed
+            return False
+
+
+def _is_lost(exc: psycopg.OperationalError) -> bool:
+    """A connection that died (server gone, terminated, network) rather than a bad statement."""
+    return exc.sqlstate in (None, "57P01", "57P02", "57P03", "08000", "08003", "08006")
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
