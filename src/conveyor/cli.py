@@ -82,7 +82,8 @@ class _Group(click.Group):
     time and memory.
     """
 
-    lazy = {"web": "conveyor.web.command:web", "migrate": "conveyor.admin:migrate", "doctor": "conveyor.admin:doctor"}
+    lazy = {"web": "conveyor.web.command:web", "migrate": "conveyor.admin:migrate", "doctor": "conveyor.admin:doctor",
+            "zmq-device": "conveyor.brokers.zmq_device:zmq_device"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])

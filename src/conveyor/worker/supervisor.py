@@ -65,6 +65,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self.forced = threading.Event()
         self.broker = app.broker.fork()
+        self.sockets: Any = None  # what _serve_sockets started
 
     # -- members -----------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -182,6 +183,7 @@ class Supervisor:
 
     def run(self, install_signals: bool = True) -> int:
         """Run until stopped. Returns the process exit code (0 after a clean shutdown)."""
+        self.sockets = _serve_sockets(self.broker, self.queues)
         self.broker.open()
         if install_signals:
             signal.signal(signal.SIGTERM, self._signal)
@@ -272,8 +274,18 @@ class Supervisor:
             self._release(member, "the worker shut down before the job finished", count_executing=False)
         self.members.clear()
         self.broker.close()
+        if self.sockets is not None:
+            self.sockets.close()
         log.info("conveyor worker %s stopped", self.id)
         return 0
+
+
+def _serve_sockets(broker: Any, queues: Sequence[str]) -> Any:
+    """Start the sockets a transport runs in the worker for its pool (zmq://: the PULL socket,
+    the pool's hub, the events PUB), before the pool starts; None for other brokers. Returns what
+    to close() at shutdown."""
+    serve = getattr(getattr(broker, "transport", None), "serve", None)
+    return serve(broker, queues) if serve is not None else None
 
 
 def _names(tasks: set[str], most: int = 5) -> str:

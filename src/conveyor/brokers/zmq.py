@@ -1,0 +1,467 @@
+"""The ``zmq://`` transport: brokerless ZeroMQ push/pull between producers and workers.
+
+There is no broker process. ``conveyor worker`` runs the sockets in its supervisor (a
+:class:`~conveyor.brokers.zmq_hub.Hub`): it binds a PULL socket at the URL's address (or connects
+to a streamer device, ``pull=``), buffers what is pushed, hands it to its pool members on request,
+and publishes job events on a PUB socket (``events=``). Producers (the web app, the CLI,
+``enqueue()``) connect a PUSH socket to the workers' addresses and push job ids; the jobs
+themselves are in the store the transport is paired with.
+
+URL (see docs/brokers/zmq.md)::
+
+    zmq://HOST:PORT[,HOST:PORT...][?options]    producers push to every HOST:PORT (round robin)
+    zmq:///run/conveyor/jobs.sock               the same over ipc:// (one host)
+
+    bind=ENDPOINT        where a worker binds its PULL (default: the only HOST:PORT)
+    pull=ENDPOINT        a streamer device's output: workers connect there instead of binding
+    events=ENDPOINT      job events PUB: bound by the worker (``@`` or bare) or connected to a
+                         forwarder device's input (``>tcp://…``)
+    hwm=1000             high-water mark of every socket, in messages (one message: one batch)
+    buffer=10000         most deliveries a worker holds in memory before it stops reading
+    send_timeout=0.5     seconds a push waits for a worker (or room under the HWM) before the
+                         send fails and the store's outbox keeps the jobs for a later resend
+    resend_after=5       seconds after which a worker with nothing to do resends jobs still
+                         queued in the store (their delivery was lost)
+
+ZeroMQ delivers at most once: a message in a dead worker's memory or socket buffers is gone, and
+a full HWM refuses new ones. The store makes it at-least-once: a refused push stays in the outbox
+(resent every second by the workers' maintenance), a claimed job whose worker died comes back
+when its lease expires, and a delivery lost before its claim is resent by a hungry worker after
+``resend_after`` seconds. Duplicates are dropped when claimed, so nothing runs twice at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+import zmq
+
+from ..errors import BrokerError, ConfigError
+from .records import Check, Dispatch, Outcome
+from .transport import Delivery, Transport
+from .zmq_hub import Hub, HubOptions
+from .zmq_wire import Endpoint, decode_deliveries, encode_dispatches, outcome_event
+
+if TYPE_CHECKING:
+    from .store import Broker
+
+__all__ = ["HubService", "ZMQOptions", "ZMQTransport"]
+
+log = logging.getLogger("conveyor.brokers.zmq")
+
+#: Environment variable through which a supervisor tells its pool processes where its hub listens.
+HUBS_ENV = "CONVEYOR_ZMQ_HUBS"
+#: Most deliveries per pushed message.
+PUSH_BATCH = 1000
+_OPTIONS = {"bind", "pull", "events", "hwm", "buffer", "send_timeout", "resend_after"}
+
+_lock = threading.Lock()
+_hubs: dict[str, tuple[int, Hub]] = {}  # key -> (pid, hub): hubs running in this process
+_contexts: dict[int, zmq.Context[Any]] = {}
+_identities = itertools.count(1)
+
+
+def _context() -> zmq.Context[Any]:
+    """This process's ZeroMQ context (a forked child never uses its parent's)."""
+    pid = os.getpid()
+    with _lock:
+        ctx = _contexts.get(pid)
+        if ctx is None:
+            _contexts.clear()
+            ctx = _contexts[pid] = zmq.Context()
+        return ctx
+
+
+class ZMQOptions:
+    """The parsed ``zmq://`` URL (see the module docstring). Raises ConfigError when it is wrong."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "zmq":
+            raise ConfigError(f"not a zmq:// URL: {url!r}")
+        if parts.netloc:
+            self.push = [f"tcp://{host.strip()}" for host in parts.netloc.split(",") if host.strip()]
+            for address in self.push:
+                host, _, port = address.removeprefix("tcp://").rpartition(":")
+                if not host or not port.isdigit():
+                    raise ConfigError(f"zmq:// address {address!r} must be HOST:PORT")
+        elif parts.path:
+            self.push = [f"ipc://{parts.path}"]
+        else:
+            raise ConfigError("a zmq:// URL needs HOST:PORT (tcp) or an absolute path (ipc), e.g. zmq://127.0.0.1:5555")
+        query = dict(parse_qsl(parts.query))
+        unknown = set(query) - _OPTIONS
+        if unknown:
+            raise ConfigError(f"unknown zmq:// option(s) {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(_OPTIONS))})")
+        try:
+            self.hwm = int(query.get("hwm", 1000))
+            self.buffer = int(query.get("buffer", 10_000))
+            self.send_timeout = float(query.get("send_timeout", 0.5))
+            self.resend_after = float(query.get("resend_after", 5.0))
+        except ValueError as exc:
+            raise ConfigError(f"bad zmq:// option: {exc}") from None
+        if self.hwm < 1 or self.buffer < 1 or self.send_timeout < 0 or self.resend_after <= 0:
+            raise ConfigError("zmq:// hwm and buffer must be >= 1, send_timeout >= 0, resend_after > 0")
+        self.pull = Endpoint.parse(query["pull"], bind_by_default=False) if "pull" in query else None
+        self.bind = Endpoint.parse(query["bind"], bind_by_default=True) if "bind" in query else None
+        self.events = Endpoint.parse(query["events"], bind_by_default=True) if query.get("events") else None
+        self.key = ",".join(self.push)
+
+    @property
+    def jobs(self) -> Endpoint:
+        """Where a worker takes pushed deliveries from."""
+        if self.pull is not None:
+            return self.pull
+        if self.bind is not None:
+            return self.bind
+        if len(self.push) != 1:
+            raise ConfigError("with several zmq:// addresses, each worker needs bind= (its own) or pull= (a device)")
+        return Endpoint(self.push[0], True)
+
+
+class HubService:
+    """A hub this process runs for ``ZMQTransport.serve``; :meth:`close` stops it."""
+
+    def __init__(self, key: str, hub: Hub, folder: str | None) -> None:
+        self.key, self.hub, self.folder = key, hub, folder
+
+    def close(self) -> None:
+        """Stop the hub and forget it (its buffered deliveries are resent from the store)."""
+        with _lock:
+            if _hubs.get(self.key, (0, None))[1] is self.hub:
+                del _hubs[self.key]
+        hubs = _exported()
+        if hubs.pop(self.key, [None, 0])[1] == os.getpid():
+            _export(hubs)
+        self.hub.stop()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _exported() -> dict[str, list[Any]]:
+    try:
+        found = json.loads(os.environ.get(HUBS_ENV, "{}"))
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _export(hubs: dict[str, list[Any]]) -> None:
+    if hubs:
+        os.environ[HUBS_ENV] = json.dumps(hubs)
+    else:
+        os.environ.pop(HUBS_ENV, None)
+
+
+class ZMQTransport(Transport):
+    """Push/pull over ZeroMQ, through the hub of each worker (see the module docstring).
+
+    In a worker's supervisor (and its thread members) the transport uses the hub in-process; in a
+    pool process it asks its supervisor's hub over ``ipc://``; anywhere else it only pushes.
+
+    Args:
+        url: the ``zmq://`` URL.
+    """
+
+    scheme = "zmq"
+    supports_blocking_fetch = True
+    #: Within a worker's buffer, higher priorities are handed out first.
+    supports_priorities = True
+    #: True, although ZeroMQ keeps nothing: with False every process that opens (each web process,
+    #: each pool member) would send every queued job again. Deliveries lost with a dead worker are
+    #: resent by the hubs from the store instead (``resend_after``).
+    durable: ClassVar[bool] = True
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.options = ZMQOptions(url)
+        self._send_lock = threading.Lock()
+        self._request_lock = threading.Lock()
+        self._notify_lock = threading.Lock()
+        self._pid = 0
+        self._push: zmq.Socket[Any] | None = None
+        self._dealer: zmq.Socket[Any] | None = None  # take/purge requests to the supervisor's hub
+        self._notify: zmq.Socket[Any] | None = None  # settle/requeue/events to it (no answers)
+        self._requests = itertools.count(1)
+        self._spare: list[Delivery] = []  # late answers: deliveries the hub holds for us
+        self._queue_of: dict[str, str] = {}  # job id -> queue, of held deliveries (for events)
+        self._own: HubService | None = None
+
+    def __repr__(self) -> str:
+        return f"<ZMQTransport {self.options.key}>"
+
+    # -- where the hub is --------------------------------------------------------------------
+    def _local_hub(self) -> Hub | None:
+        found = _hubs.get(self.options.key)
+        if found is not None and found[0] == os.getpid() and found[1].alive:
+            return found[1]
+        return None
+
+    def _parent_hub(self) -> str | None:
+        """The ipc:// endpoint of the supervisor's hub, when this is one of its pool processes."""
+        entry = _exported().get(self.options.key)
+        if entry and entry[1] == os.getppid() and entry[1] != os.getpid():
+            return str(entry[0])
+        return None
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():  # sockets inherited through fork are never touched
+            self._push = self._dealer = self._notify = None
+            self._spare, self._queue_of, self._own = [], {}, None
+            self._pid = os.getpid()
+
+    def open(self) -> None:
+        self._check_fork()
+
+    def close(self) -> None:
+        """Close this transport's sockets (pushes still queued get up to 2 s to leave). A hub it
+        started itself (no supervisor: it received first) stops too."""
+        self._check_fork()
+        if self._spare:
+            self.requeue(self._spare)
+            self._spare = []
+        for sock in (self._push, self._dealer, self._notify):
+            if sock is not None:
+                sock.close()
+        self._push = self._dealer = self._notify = None
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+
+    def drop(self) -> None:
+        """Stop a hub this transport started (tests)."""
+        self.close()
+
+    def fork(self) -> ZMQTransport:
+        return ZMQTransport(self.url)
+
+    # -- the worker side ---------------------------------------------------------------------
+    def serve(self, broker: Broker | None = None, queues: Sequence[str] | None = None) -> HubService:
+        """Start this process's hub: bind (or connect) the worker's sockets and, with ``broker``
+        (a paired broker or its store), resend lost deliveries from its store. The supervisor of
+        ``conveyor worker`` calls it before starting its pool; ``close()`` the result to stop.
+        Raises BrokerError when the address cannot be bound."""
+        self._check_fork()
+        store = None
+        if broker is not None:
+            store = broker.store.fork()
+        folder = tempfile.mkdtemp(prefix="conveyor-zmq-")
+        hub = Hub(HubOptions(jobs=self.options.jobs, members=f"ipc://{folder}/members",
+                             events=self.options.events, hwm=self.options.hwm, buffer=self.options.buffer,
+                             resend_after=self.options.resend_after), store)
+        try:
+            hub.start()
+        except zmq.ZMQError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise BrokerError(f"zmq:// worker cannot listen on {self.options.jobs} ({exc}); is another worker "
+                              "bound there? Give each worker its own bind=, or use a streamer device (pull=)") from exc
+        with _lock:
+            _hubs[self.options.key] = (os.getpid(), hub)
+        hubs = _exported()
+        hubs[self.options.key] = [f"ipc://{folder}/members", os.getpid()]
+        _export(hubs)
+        log.info("zmq:// worker takes deliveries from %s%s", self.options.jobs,
+                 f", publishes job events on {self.options.events}" if self.options.events else "")
+        service = HubService(self.options.key, hub, folder)
+        if broker is None:
+            self._own = service
+        return service
+
+    # -- moving deliveries -------------------------------------------------------------------
+    def send(self, dispatches: Sequence[Dispatch]) -> None:
+        """Push ``dispatches`` (a worker in this process takes them directly). Raises BrokerError
+        when no worker took them within ``send_timeout`` (the outbox keeps them)."""
+        if not dispatches:
+            return
+        self._check_fork()
+        hub = self._local_hub()
+        if hub is not None:
+            hub.put(dispatches)
+            return
+        with self._send_lock:
+            sock = self._push_socket()
+            for i in range(0, len(dispatches), PUSH_BATCH):
+                frame = encode_dispatches(dispatches[i:i + PUSH_BATCH])
+                if not sock.poll(int(self.options.send_timeout * 1000), zmq.POLLOUT):
+                    raise BrokerError(f"no zmq:// worker took the jobs at {self.options.key} within "
+                                      f"{self.options.send_timeout:g}s (none listening, or its HWM is full)")
+                try:
+                    sock.send(frame, zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    raise BrokerError(f"zmq:// push to {self.options.key} failed: {exc}") from exc
+
+    def _push_socket(self) -> zmq.Socket[Any]:
+        if self._push is None:
+            sock: zmq.Socket[Any] = _context().socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, self.options.hwm)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a worker that is not connected
+            sock.setsockopt(zmq.LINGER, 2000)
+            for address in self.options.push:
+                sock.connect(address)
+            self._push = sock
+        return self._push
+
+    def receive(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Deliveries from this worker's hub (started here when this process has none and is not
+        a pool process of a worker: it then binds the worker's address itself)."""
+        if limit <= 0:
+            return []
+        self._check_fork()
+        out: list[Delivery] = []
+        if self._spare:
+            out, self._spare = self._spare[:limit], self._spare[limit:]
+            if len(out) >= limit:
+                return self._remember(out)
+            timeout = 0.0
+        hub = self._local_hub()
+        if hub is None:
+            endpoint = self._parent_hub()
+            if endpoint is not None:
+                return self._remember(out + self._ask(endpoint, queues, limit - len(out), timeout))
+            self.serve()
+            hub = self._local_hub()
+            assert hub is not None
+        return self._remember(out + hub.take(queues, limit - len(out), timeout))
+
+    def _remember(self, deliveries: list[Delivery]) -> list[Delivery]:
+        if self.options.events is not None:
+            for d in deliveries:
+                self._queue_of[d.job_id] = d.queue
+        return deliveries
+
+    def _member_socket(self, endpoint: str, kind: str) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = _context().socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, f"{os.getpid()}.{next(_identities)}{kind}".encode())
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(endpoint)
+        return sock
+
+    def _ask(self, endpoint: str, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        with self._request_lock:
+            if self._dealer is None:
+                self._dealer = self._member_socket(endpoint, "")
+            request = next(self._requests)
+            self._dealer.send_multipart([b"take", orjson.dumps([request, list(queues), limit, timeout])])
+            deadline = time.monotonic() + timeout + 2.0  # the hub answers by then unless it is gone
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._dealer.poll(int(left * 1000) + 1, zmq.POLLIN):
+                    log.warning("the worker's zmq:// hub did not answer within %.1fs", timeout + 2.0)
+                    return []
+                kind, body = self._dealer.recv_multipart()
+                if kind != b"give":
+                    continue
+                answered, got = decode_deliveries(body)
+                if answered == request:
+                    return got
+                self._spare.extend(got)  # the answer to a request we stopped waiting for
+
+    def _tell(self, kind: bytes, body: Any) -> bool:
+        """Send a message to the supervisor's hub (no answer); False when there is none."""
+        endpoint = self._parent_hub()
+        if endpoint is None:
+            return False
+        with self._notify_lock:
+            if self._notify is None:
+                self._notify = self._member_socket(endpoint, "n")
+            self._notify.send_multipart([kind, orjson.dumps(body)])
+        return True
+
+    def settle(self, deliveries: Sequence[Delivery]) -> None:
+        self._settle(b"settle", deliveries)
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        self._settle(b"requeue", deliveries)
+
+    def _settle(self, kind: bytes, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        self._check_fork()
+        for d in deliveries:
+            self._queue_of.pop(d.job_id, None)
+        tags = [d.tag for d in deliveries]
+        hub = self._local_hub()
+        if hub is not None:
+            (hub.settle if kind == b"settle" else hub.requeue)(tags)
+        else:
+            self._tell(kind, tags)
+
+    def outcomes(self, outcomes: Sequence[Outcome], accepted: Sequence[bool]) -> None:
+        """Publish an event for every accepted outcome on the worker's PUB socket (``events=``)."""
+        if self.options.events is None:
+            return
+        events = [outcome_event(o, self._queue_of.get(o.job_id)) for o, ok in zip(outcomes, accepted) if ok]
+        if not events:
+            return
+        try:
+            self._check_fork()
+            hub = self._local_hub()
+            if hub is not None:
+                hub.publish(events)
+            else:
+                self._tell(b"events", events)
+        except Exception as exc:  # events are best effort: never fail an ack for them
+            log.debug("job events not published: %s", exc)
+
+    def purge(self, queue: str) -> int:
+        """Drop the deliveries of ``queue`` buffered by this process's hub (0 elsewhere: each
+        worker's buffer is its own, and a delivery of a purged job is dropped at claim)."""
+        hub = self._local_hub()
+        return hub.purge(queue) if hub is not None else 0
+
+    # -- conveyor doctor ---------------------------------------------------------------------
+    def diagnose(self) -> list[Check]:
+        """Whether a worker (or streamer device) accepts pushes at the URL's addresses; when none
+        does, whether a worker could bind there; and the settings in force."""
+        checks: list[Check] = []
+        o = self.options
+        sock = _context().socket(zmq.PUSH)
+        try:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.LINGER, 0)
+            for address in o.push:
+                sock.connect(address)
+            reachable = bool(sock.poll(1000, zmq.POLLOUT))
+        finally:
+            sock.close(0)
+        if reachable:
+            checks.append(Check(f"zmq:// workers reachable at {o.key}", True, "a worker or a device accepts pushes"))
+        else:
+            checks.append(Check(f"zmq:// workers reachable at {o.key}", False,
+                                "nothing accepts pushes there: enqueued jobs wait in the store's outbox",
+                                "start `conveyor worker APP` (it binds the address) or the streamer device"))
+            try:
+                jobs = o.jobs
+            except ConfigError as exc:
+                checks.append(Check("zmq:// worker address", False, str(exc), "add bind= or pull= to the URL"))
+                jobs = None
+            if jobs is not None and jobs.bind:
+                probe = _context().socket(zmq.PULL)
+                try:
+                    probe.setsockopt(zmq.LINGER, 0)
+                    probe.bind(jobs.address)
+                    checks.append(Check(f"zmq:// worker can bind {jobs.address}", True))
+                except zmq.ZMQError as exc:
+                    checks.append(Check(f"zmq:// worker can bind {jobs.address}", False, str(exc),
+                                        "bind= an address of this host, or use a streamer device (pull=)"))
+                finally:
+                    probe.close(0)
+        checks.append(Check("zmq:// settings", True,
+                            f"hwm={o.hwm} messages, buffer={o.buffer} deliveries per worker, "
+                            f"send_timeout={o.send_timeout:g}s, resend_after={o.resend_after:g}s, "
+                            f"events={o.events or 'off'}"))
+        return checks

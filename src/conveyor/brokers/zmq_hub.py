@@ -1,0 +1,504 @@
+"""The hub of a ``zmq://`` worker: the sockets its supervisor runs for the pool.
+
+A worker's supervisor starts one :class:`Hub` (``ZMQTransport.serve``). Its thread:
+
+* takes pushed deliveries from the worker's PULL socket (bound at the URL's address, or connected
+  to a streamer device's ``--out``) into a buffer in memory: one heap per queue, by priority then
+  the store's order, so members take their queues in order of preference;
+* hands them out on request to the pool members (a ROUTER socket on an ``ipc://`` path; a thread
+  member calls :meth:`Hub.take` directly), and remembers which member holds what until it settles
+  or requeues it. A member process that dies holding deliveries it had not yet claimed has them put
+  back at once;
+* publishes job events on a PUB socket, when the URL names one;
+* resends lost deliveries: when members ask for work and the buffer is empty, it takes the jobs of
+  their queues that the store says have been ``queued`` for longer than ``resend_after`` seconds
+  (their delivery died with a worker, or never arrived) into its own buffer; it looks at most once
+  a second. Duplicates are dropped when claimed.
+
+No buffer here is durable: the store is the truth, and a delivery is only a hint to claim a job.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import zmq
+
+from .records import Dispatch
+from .transport import Delivery
+from .zmq_wire import Endpoint, decode_dispatches, encode_deliveries
+
+if TYPE_CHECKING:
+    from .store import JobStore
+
+__all__ = ["Hub", "HubOptions"]
+
+log = logging.getLogger("conveyor.brokers.zmq")
+
+#: How often the hub looks for dead members and expired requests (seconds).
+TICK = 0.2
+#: A member is hungry for this long after its last unanswered request (seconds).
+HUNGRY_FOR = 1.5
+#: How often a hungry hub looks for lost deliveries in the store, at most (seconds).
+LOOK_EVERY = 1.0
+#: Queued jobs read per page when the hub looks for lost deliveries.
+STEAL_PAGE = 500
+
+
+@dataclass(slots=True)
+class HubOptions:
+    """What a hub binds and how much it holds (from the URL, see :mod:`conveyor.brokers.zmq`)."""
+
+    #: Where pushed deliveries come in: bound (``@``) or connected (``>``, a streamer device).
+    jobs: Endpoint
+    #: The members' ROUTER endpoint (``ipc://`` under a private folder), or None for threads only.
+    members: str | None = None
+    #: Job events PUB endpoint, or None.
+    events: Endpoint | None = None
+    hwm: int = 1000
+    #: Most deliveries buffered; past it the PULL socket is not read (pushes wait, then fail).
+    buffer: int = 10_000
+    resend_after: float = 5.0
+
+
+@dataclass(slots=True)
+class _Parked:
+    identity: bytes
+    request: int
+    queues: list[str]
+    limit: int
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Counters:
+    received: int = 0
+    malformed: int = 0
+    duplicates: int = 0
+    resent: int = 0
+    requeued_from_dead: int = 0
+
+
+class Hub:
+    """A worker's buffer of deliveries and its sockets (see the module docstring).
+
+    Args:
+        options: endpoints and limits.
+        store: the job store, to resend lost deliveries (None: never resends).
+    """
+
+    def __init__(self, options: HubOptions, store: JobStore | None = None) -> None:
+        self.options = options
+        self.store = store
+        self.counters = _Counters()
+        self._cond = threading.Condition()
+        self._queues: dict[str, list[tuple[int, int, int, Delivery]]] = {}
+        self._buffered: set[str] = set()  # job ids waiting in a heap
+        self._held: dict[int, tuple[bytes | None, Delivery]] = {}  # tag -> (member identity, delivery)
+        self._tags = itertools.count(1)
+        self._parked: deque[_Parked] = deque()
+        self._events: deque[list[Any]] = deque()
+        self._hungry: dict[str, float] = {}  # queue -> when a member last found it empty
+        self._next_steal = 0.0
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._pid = os.getpid()
+        self._ctx: zmq.Context[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind or connect the sockets and start the hub's thread. Raises zmq.ZMQError when an
+        address cannot be bound (another worker holds it)."""
+        self._ctx = zmq.Context()
+        self._thread = threading.Thread(target=self._run, name="conveyor-zmq-hub", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            self._thread.join(5)
+            self._ctx.term()
+            raise self._error
+
+    def stop(self) -> None:
+        """Stop the thread and close the sockets (buffered deliveries are dropped: the store keeps
+        the jobs, and whoever serves the queue next resends them)."""
+        self._stop.set()
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+        if self._ctx is not None and os.getpid() == self._pid:
+            self._ctx.term()
+            self._ctx = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # a full pipe already wakes the thread; a closed one means it stopped
+
+    # -- the buffer (any thread) -------------------------------------------------------------
+    def put(self, dispatches: Sequence[Dispatch], redelivered: bool = False) -> int:
+        """Buffer deliveries of ``dispatches`` (a job already buffered is skipped); how many."""
+        n = 0
+        with self._cond:
+            for d in dispatches:
+                if d.job_id in self._buffered:
+                    self.counters.duplicates += 1
+                    continue
+                self._push(Delivery(d.job_id, d.queue, d.priority, d.order, next(self._tags), redelivered))
+                n += 1
+            if n:
+                self._cond.notify_all()
+        if n and self._parked:
+            self._wake()
+        return n
+
+    def _push(self, d: Delivery) -> None:
+        self._buffered.add(d.job_id)
+        heapq.heappush(self._queues.setdefault(d.queue, []), (-d.priority, d.order, d.tag, d))
+
+    def _take_now(self, queues: Sequence[str], limit: int, owner: bytes | None) -> list[Delivery]:
+        out: list[Delivery] = []
+        for queue in queues:
+            heap = self._queues.get(queue)
+            while heap and len(out) < limit:
+                d = heapq.heappop(heap)[3]
+                self._buffered.discard(d.job_id)
+                self._held[d.tag] = (owner, d)
+                out.append(d)
+            if len(out) >= limit:
+                break
+        if len(out) < limit:
+            now = time.monotonic()
+            for queue in queues:
+                if not self._queues.get(queue):
+                    self._hungry[queue] = now
+        return out
+
+    def take(self, queues: Sequence[str], limit: int, timeout: float, owner: bytes | None = None) -> list[Delivery]:
+        """Up to ``limit`` deliveries of ``queues`` (in that order), waiting up to ``timeout``
+        seconds for the first; held until :meth:`settle` or :meth:`requeue`."""
+        if limit <= 0:
+            return []
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while True:
+                out = self._take_now(queues, limit, owner)
+                left = deadline - time.monotonic()
+                if out or left <= 0 or self._stop.is_set():
+                    return out
+                self._cond.wait(min(left, TICK))
+
+    def settle(self, tags: Sequence[int]) -> None:
+        """Forget held deliveries."""
+        with self._cond:
+            for tag in tags:
+                self._held.pop(tag, None)
+
+    def requeue(self, tags: Sequence[int]) -> None:
+        """Put held deliveries back in their place."""
+        with self._cond:
+            n = self._requeue_locked(tags)
+            if n:
+                self._cond.notify_all()
+        if n and self._parked:
+            self._wake()
+
+    def _requeue_locked(self, tags: Sequence[int]) -> int:
+        n = 0
+        for tag in tags:
+            held = self._held.pop(tag, None)
+            if held is not None and held[1].job_id not in self._buffered:
+                d = held[1]
+                self._push(Delivery(d.job_id, d.queue, d.priority, d.order, d.tag, True))
+                n += 1
+        return n
+
+    def purge(self, queue: str) -> int:
+        """Drop the buffered deliveries of ``queue``; how many."""
+        with self._cond:
+            heap = self._queues.pop(queue, [])
+            for item in heap:
+                self._buffered.discard(item[3].job_id)
+            return len(heap)
+
+    def depth(self, queue: str | None = None) -> int:
+        """Buffered deliveries (of ``queue``, or in all)."""
+        with self._cond:
+            if queue is not None:
+                return len(self._queues.get(queue, []))
+            return sum(len(h) for h in self._queues.values())
+
+    def held(self) -> int:
+        """Deliveries handed out and not yet settled."""
+        with self._cond:
+            return len(self._held)
+
+    def publish(self, events: list[list[Any]]) -> None:
+        """Queue ``[topic, body]`` pairs for the PUB socket (sent by the hub's thread)."""
+        if self.options.events is None or not events:
+            return
+        with self._cond:
+            self._events.extend(events)
+        self._wake()
+
+    # -- the thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        assert self._ctx is not None
+        sockets: list[zmq.Socket[Any]] = []
+        try:
+            pull = self._ctx.socket(zmq.PULL)
+            sockets.append(pull)
+            pull.setsockopt(zmq.RCVHWM, self.options.hwm)
+            pull.setsockopt(zmq.LINGER, 0)
+            self.options.jobs.attach(pull)
+            router: zmq.Socket[Any] | None = None
+            if self.options.members is not None:
+                router = self._ctx.socket(zmq.ROUTER)
+                sockets.append(router)
+                router.setsockopt(zmq.LINGER, 0)
+                router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+                router.bind(self.options.members)
+            pub: zmq.Socket[Any] | None = None
+            if self.options.events is not None:
+                pub = self._ctx.socket(zmq.PUB)
+                sockets.append(pub)
+                pub.setsockopt(zmq.SNDHWM, self.options.hwm * 10)
+                pub.setsockopt(zmq.LINGER, 0)
+                self.options.events.attach(pub)
+        except BaseException as exc:
+            self._error = exc
+            for s in sockets:
+                s.close(0)
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop(pull, router, pub)
+        except Exception:
+            log.exception("the zmq:// hub failed; deliveries are resent from the store by the next hub")
+        finally:
+            for s in sockets:
+                s.close(0)
+
+    def _loop(self, pull: zmq.Socket[Any], router: zmq.Socket[Any] | None, pub: zmq.Socket[Any] | None) -> None:
+        poller = zmq.Poller()
+        if router is not None:
+            poller.register(router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        reading = False
+        next_tick = 0.0
+        while not self._stop.is_set():
+            want_pull = self.depth() < self.options.buffer
+            if want_pull != reading:
+                if want_pull:
+                    poller.register(pull, zmq.POLLIN)
+                else:
+                    poller.unregister(pull)
+                reading = want_pull
+            timeout_ms = max(0.0, min(next_tick - time.monotonic(), self._next_deadline()))
+            ready = dict(poller.poll(int(timeout_ms * 1000) + 1))
+            if self._wake_r in ready:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+            if reading and pull in ready:
+                self._read_pushes(pull)
+            if router is not None and router in ready:
+                self._read_members(router)
+            if pub is not None and self._events:
+                self._send_events(pub)
+            if router is not None and self._parked:
+                self._answer_parked(router)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK
+                self._bury_dead_members()
+                self._maybe_resend(now)
+
+    def _next_deadline(self) -> float:
+        if not self._parked:
+            return TICK
+        return max(0.0, min(p.deadline for p in self._parked) - time.monotonic())
+
+    def _read_pushes(self, pull: zmq.Socket[Any]) -> None:
+        for _ in range(100):  # a bounded batch, so members are served between reads
+            try:
+                frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                dispatches = decode_dispatches(frames)
+            except ValueError as exc:
+                self.counters.malformed += 1
+                log.error("dropped a malformed zmq:// delivery (%s): %r", exc, b"|".join(frames)[:200])
+                continue
+            self.counters.received += len(dispatches)
+            self.put(dispatches)
+            if self.depth() >= self.options.buffer:
+                return
+
+    def _read_members(self, router: zmq.Socket[Any]) -> None:
+        for _ in range(1000):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 3:
+                continue
+            identity, kind, body = frames[0], frames[1], frames[2]
+            try:
+                self._member_message(router, identity, kind, body)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                log.error("dropped a malformed message from zmq:// member %r (%s)", identity, exc)
+
+    def _member_message(self, router: zmq.Socket[Any], identity: bytes, kind: bytes, body: bytes) -> None:
+        if kind == b"take":
+            request, queues, limit, timeout = orjson.loads(body)
+            with self._cond:
+                got = self._take_now(queues, int(limit), identity)
+            if got or timeout <= 0:
+                self._reply(router, identity, int(request), got)
+            else:
+                self._parked.append(_Parked(identity, int(request), list(queues), int(limit),
+                                            time.monotonic() + float(timeout)))
+        elif kind == b"settle":
+            self.settle(orjson.loads(body))
+        elif kind == b"requeue":
+            self.requeue(orjson.loads(body))
+        elif kind == b"events":
+            self.publish(orjson.loads(body))
+        elif kind == b"purge":
+            request, queue = orjson.loads(body)
+            router.send_multipart([identity, b"purged", orjson.dumps([request, self.purge(queue)])])
+        else:
+            raise ValueError(f"unknown message kind {kind[:20]!r}")
+
+    def _reply(self, router: zmq.Socket[Any], identity: bytes, request: int, got: list[Delivery]) -> None:
+        try:
+            router.send_multipart([identity, b"give", encode_deliveries(request, got)], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the member went away: what it was given goes back
+            self.requeue([d.tag for d in got])
+
+    def _answer_parked(self, router: zmq.Socket[Any]) -> None:
+        now = time.monotonic()
+        waiting: deque[_Parked] = deque()
+        while self._parked:
+            p = self._parked.popleft()
+            with self._cond:
+                got = self._take_now(p.queues, p.limit, p.identity)
+            if got or now >= p.deadline:
+                self._reply(router, p.identity, p.request, got)
+            else:
+                waiting.append(p)
+        self._parked = waiting
+
+    def _send_events(self, pub: zmq.Socket[Any]) -> None:
+        with self._cond:
+            events, self._events = list(self._events), deque()
+        for topic, body in events:
+            try:
+                pub.send_multipart([str(topic).encode(), orjson.dumps(body)], zmq.NOBLOCK)
+            except zmq.Again:  # PUB drops for slow subscribers: events are at-most-once
+                pass
+
+    def _bury_dead_members(self) -> None:
+        """Put back what member processes that died were given and had not settled."""
+        with self._cond:
+            owners = {owner for owner, _ in self._held.values() if owner is not None}
+        dead = {owner for owner in owners if not _pid_alive(owner, self._pid)}
+        if not dead:
+            return
+        with self._cond:
+            tags = [tag for tag, (owner, _) in self._held.items() if owner in dead]
+            n = self._requeue_locked(tags)
+            if n:
+                self._cond.notify_all()
+        self.counters.requeued_from_dead += n
+        self._parked = deque(p for p in self._parked if p.identity not in dead)
+        if n:
+            log.info("%d delivery(ies) given to pool member(s) that died put back", n)
+
+    def _maybe_resend(self, now: float) -> None:
+        """Take jobs queued in the store for longer than resend_after into the buffer, when members
+        are hungry and nothing is buffered for them (see the module docstring)."""
+        if self.store is None or now < self._next_steal:
+            return
+        hungry = [q for q, at in self._hungry.items() if now - at < HUNGRY_FOR]
+        with self._cond:
+            hungry = [q for q in hungry if not self._queues.get(q)]
+        if not hungry:
+            return
+        self._next_steal = now + min(LOOK_EVERY, self.options.resend_after)
+        try:
+            found = self._stale_queued(hungry)
+        except Exception as exc:  # the store may be down: try again later
+            log.warning("could not look for lost zmq:// deliveries: %s", exc)
+            return
+        if found:
+            n = self.put(found, redelivered=True)
+            self.counters.resent += n
+            if n:
+                log.warning("resent %d job(s) queued for over %gs whose delivery was lost", n,
+                            self.options.resend_after)
+
+    def _stale_queued(self, queues: list[str]) -> list[Dispatch]:
+        assert self.store is not None
+        older_than = self.store.clock() - self.options.resend_after
+        out: list[Dispatch] = []
+        paused = self.store.paused_queues()
+        for queue in queues:
+            if queue in paused:
+                continue
+            cursor = None
+            while len(out) < self.options.buffer:
+                page = self.store.list_jobs(state="queued", queue=queue, limit=STEAL_PAGE, cursor=cursor)
+                out += [Dispatch(r.id, r.queue, r.priority) for r in page.jobs
+                        if (r.updated_at or r.created_at) <= older_than]
+                if page.cursor is None:
+                    break
+                cursor = page.cursor
+        out.sort(key=lambda d: d.job_id)  # ids are time-ordered: oldest first
+        return out[: self.options.buffer]
+
+
+def _pid_alive(identity: bytes, own: int) -> bool:
+    """Whether the process named by a member identity (``b"<pid>.<n>"``) still runs."""
+    try:
+        pid = int(identity.split(b".", 1)[0])
+    except ValueError:
+        return True
+    if pid == own:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,110 @@
+"""What ``zmq://`` puts on the wire, and its endpoints (``@`` binds, ``>`` connects).
+
+A **push** (producer to worker, or through a streamer device) is one frame: a JSON array of
+deliveries, each ``[job_id, queue]`` or ``[job_id, queue, priority, order]``. A delivery names a
+job already written to the store; the job's arguments never travel. A frame that does not fit is
+dropped and counted; it never stops the worker.
+
+An **event** (on the ``events`` PUB socket) is two frames: the topic ``job.<state>`` (subscribe to
+``job.`` for all, ``job.succeeded`` for completions) and a JSON object: ``id``, ``queue`` (null when
+unknown), ``state``, ``finished_at``, ``run_at``, ``error`` and, when it is JSON, ``result``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import zmq
+
+from .records import Dispatch, Outcome
+from .transport import Delivery
+
+__all__ = ["Endpoint", "decode_deliveries", "decode_dispatches", "encode_deliveries", "encode_dispatches",
+           "outcome_event"]
+
+MAX_ID = 200  # longest job id or queue name accepted from the wire
+
+
+@dataclass(slots=True, frozen=True)
+class Endpoint:
+    """A ZeroMQ address and whether this side binds it (CZMQ's ``@tcp://…`` / ``>tcp://…``)."""
+
+    address: str
+    bind: bool
+
+    @classmethod
+    def parse(cls, text: str, bind_by_default: bool) -> Endpoint:
+        """``@addr`` binds, ``>addr`` connects, a bare ``addr`` does what ``bind_by_default`` says."""
+        text = text.strip()
+        if text.startswith("@"):
+            return cls(text[1:], True)
+        if text.startswith(">"):
+            return cls(text[1:], False)
+        return cls(text, bind_by_default)
+
+    def attach(self, socket: zmq.Socket[Any]) -> None:
+        """Bind or connect ``socket``."""
+        if self.bind:
+            socket.bind(self.address)
+        else:
+            socket.connect(self.address)
+
+    def __str__(self) -> str:
+        return ("@" if self.bind else ">") + self.address
+
+
+def encode_dispatches(dispatches: Sequence[Dispatch]) -> bytes:
+    """One push frame for ``dispatches``."""
+    return orjson.dumps([[d.job_id, d.queue, d.priority, d.order] for d in dispatches])
+
+
+def decode_dispatches(frames: Sequence[bytes]) -> list[Dispatch]:
+    """The deliveries of one push; ValueError when the frames do not fit the format."""
+    if len(frames) != 1:
+        raise ValueError(f"expected one frame, got {len(frames)}")
+    try:
+        items = orjson.loads(frames[0])
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise ValueError("not a JSON array")
+    out: list[Dispatch] = []
+    for item in items:
+        if not isinstance(item, list) or len(item) not in (2, 4):
+            raise ValueError("each delivery must be [job_id, queue] or [job_id, queue, priority, order]")
+        job_id, queue = item[0], item[1]
+        priority, order = (item[2], item[3]) if len(item) == 4 else (0, 0)
+        if not (isinstance(job_id, str) and isinstance(queue, str) and 0 < len(job_id) <= MAX_ID
+                and 0 < len(queue) <= MAX_ID):
+            raise ValueError("job_id and queue must be non-empty strings")
+        if type(priority) is not int or type(order) is not int:
+            raise ValueError("priority and order must be integers")
+        out.append(Dispatch(job_id, queue, priority, order))
+    return out
+
+
+def encode_deliveries(request: int, deliveries: Sequence[Delivery]) -> bytes:
+    """A hub's answer to a member's request."""
+    return orjson.dumps([request, [[d.job_id, d.queue, d.priority, d.order, d.tag, d.redelivered]
+                                   for d in deliveries]])
+
+
+def decode_deliveries(body: bytes) -> tuple[int, list[Delivery]]:
+    """The request number and deliveries of a hub's answer."""
+    request, items = orjson.loads(body)
+    return int(request), [Delivery(i[0], i[1], i[2], i[3], i[4], bool(i[5])) for i in items]
+
+
+def outcome_event(outcome: Outcome, queue: str | None) -> list[Any]:
+    """``[topic, body]`` of the event for a recorded outcome."""
+    body: dict[str, Any] = {"id": outcome.job_id, "queue": queue, "state": outcome.state,
+                            "finished_at": outcome.finished_at, "run_at": outcome.run_at, "error": outcome.error}
+    if outcome.result is not None:
+        try:
+            body["result"] = orjson.loads(outcome.result)
+        except orjson.JSONDecodeError:
+            pass  # not JSON (pickle): subscribers read it from the store
+    return ["job." + outcome.state, body]
