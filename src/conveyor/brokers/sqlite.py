@@ -33,6 +33,7 @@ from ._local_wake import Waiter, Waker, wake_folder
 from .memory import LOST_LEASE
 from .sqlite_pairing import SQLitePairing
 from .sqlite_reads import Q, SQLiteReads
+from .sqlite_within import SQLiteTransactions
 
 #: The change log keeps at most this many events, and none older than EVENT_AGE seconds.
 EVENT_KEEP = 100_000
@@ -57,7 +58,7 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     return path, options
 
 
-class SQLiteBroker(SQLitePairing, SQLiteReads, Broker):
+class SQLiteBroker(SQLiteTransactions, SQLitePairing, SQLiteReads, Broker):
     """Broker and job store in one SQLite file (WAL, durable commits)."""
 
     scheme = "sqlite"
@@ -105,6 +106,12 @@ class SQLiteBroker(SQLitePairing, SQLiteReads, Broker):
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.executescript("BEGIN IMMEDIATE;\n" + Q["schema"] + "\nCOMMIT;")
+            if conn.execute(Q["has_committed_at"]).fetchone() is None:
+                try:
+                    conn.execute(Q["add_committed_at"])
+                except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
             self._install_outbox(conn)
         except sqlite3.Error as exc:
             raise BrokerError(f"cannot open SQLite database {where}: {exc}") from None
@@ -155,7 +162,14 @@ class SQLiteBroker(SQLitePairing, SQLiteReads, Broker):
 
     # -- moving jobs -------------------------------------------------------------------------
     def enqueue(self, messages: Sequence[Message]) -> list[str]:
-        now = self.clock()
+        with self._write() as conn:
+            ids = self._insert(conn, messages, self.clock())
+        self._waker.wake()
+        return ids
+
+    def _insert(self, conn: sqlite3.Connection, messages: Sequence[Message], now: float) -> list[str]:
+        """Insert ``messages`` on ``conn`` (in its transaction); each one's job id (an existing
+        one for a duplicate key)."""
         rows = []
         for m in messages:
             scheduled = m.run_at is not None and m.run_at > now
@@ -163,18 +177,16 @@ class SQLiteBroker(SQLitePairing, SQLiteReads, Broker):
                          m.payload, m.key, m.max_attempts, m.timeout, m.created_at or now,
                          m.run_at if scheduled else now, now))
         ids = {}
-        with self._write() as conn:
-            # Inserted in message order (seq is the FIFO order); runs without keys in one call.
-            for has_key, run in groupby(rows, key=lambda row: row[6] is not None):
-                if not has_key:
-                    conn.executemany(Q["insert"], run)
-                    continue
-                for row in run:
-                    if conn.execute(Q["insert"], row).rowcount == 0:
-                        found = conn.execute(Q["id_by_key"], (row[6],)).fetchone()
-                        if found:
-                            ids[row[0]] = found[0]
-        self._waker.wake()
+        # Inserted in message order (seq is the FIFO order); runs without keys in one call.
+        for has_key, run in groupby(rows, key=lambda row: row[6] is not None):
+            if not has_key:
+                conn.executemany(Q["insert"], run)
+                continue
+            for row in run:
+                if conn.execute(Q["insert"], row).rowcount == 0:
+                    found = conn.execute(Q["id_by_key"], (row[6],)).fetchone()
+                    if found:
+                        ids[row[0]] = found[0]
         return [ids.get(m.id, m.id) for m in messages]
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:

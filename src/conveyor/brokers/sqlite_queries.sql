@@ -36,8 +36,10 @@ WHERE id = ? AND token = ? AND state = 'running'
 
 -- name: settle
 -- A job whose cancellation was requested is never queued again: its retry cancels it instead.
+-- A job whose success its transaction committed (current_job().transaction()) has succeeded.
 UPDATE conveyor_jobs
-SET state = CASE WHEN cancel_requested AND :state = 'scheduled' THEN 'cancelled' ELSE :state END,
+SET state = CASE WHEN committed_at IS NOT NULL THEN 'succeeded'
+                 WHEN cancel_requested AND :state = 'scheduled' THEN 'cancelled' ELSE :state END,
     result = coalesce(:result, result), error = coalesce(:error, error),
     started_at = coalesce(:started_at, started_at),
     finished_at = CASE WHEN :state IN ('failed', 'cancelled') OR cancel_requested THEN :finished_at
@@ -51,9 +53,11 @@ WHERE id = :id AND token = :token AND state = 'running'
 -- name: hand_back
 -- Not an attempt. Scheduled when it names a later run_at (a back-off); its error, when given, is kept.
 UPDATE conveyor_jobs
-SET state = CASE WHEN cancel_requested THEN 'cancelled' WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END,
+SET state = CASE WHEN committed_at IS NOT NULL THEN 'succeeded' WHEN cancel_requested THEN 'cancelled'
+                 WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END,
     attempts = attempts - 1, error = coalesce(:error, error),
-    finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
+    finished_at = CASE WHEN committed_at IS NOT NULL THEN committed_at WHEN cancel_requested THEN :now
+                       ELSE finished_at END,
     run_at = CASE WHEN cancel_requested THEN run_at WHEN :run_at > :now THEN :run_at ELSE :now END,
     updated_at = :now, lease_until = NULL, consumer = NULL
 WHERE id = :id AND token = :token AND state = 'running'
@@ -77,14 +81,29 @@ WHERE id = :id AND token = :token AND state = 'running'
 -- name: lose
 -- Back to the queue; failed when out of attempts; cancelled when its cancellation was requested.
 UPDATE conveyor_jobs
-SET state = CASE WHEN cancel_requested THEN 'cancelled' WHEN attempts >= max_attempts THEN 'failed'
-                 ELSE 'queued' END,
-    error = CASE WHEN NOT cancel_requested AND attempts >= max_attempts THEN :error ELSE error END,
-    finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN :now ELSE NULL END,
+SET state = CASE WHEN committed_at IS NOT NULL THEN 'succeeded' WHEN cancel_requested THEN 'cancelled'
+                 WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+    error = CASE WHEN committed_at IS NULL AND NOT cancel_requested AND attempts >= max_attempts THEN :error
+                 ELSE error END,
+    finished_at = CASE WHEN committed_at IS NOT NULL THEN committed_at
+                       WHEN cancel_requested OR attempts >= max_attempts THEN :now ELSE NULL END,
     history = json_insert(coalesce(history, '[]'), '$[#]',
                           json_object('attempt', attempts, 'at', :now, 'state', 'lost', 'error', json(:error))),
-    run_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN run_at ELSE :now END, updated_at = :now, lease_until = NULL, consumer = NULL
+    run_at = CASE WHEN committed_at IS NOT NULL OR cancel_requested OR attempts >= max_attempts THEN run_at
+                  ELSE :now END, updated_at = :now, lease_until = NULL, consumer = NULL
 WHERE state = 'running' AND {where}
+
+-- name: commit_success
+-- In the task's own transaction (current_job().transaction()): its success commits with its effect.
+UPDATE conveyor_jobs SET committed_at = :now, updated_at = :now
+WHERE id = :id AND token = :token AND state = 'running' AND committed_at IS NULL
+
+-- name: has_committed_at
+SELECT 1 FROM pragma_table_info('conveyor_jobs') WHERE name = 'committed_at'
+
+-- name: add_committed_at
+-- Came with current_job().transaction(): a database of an earlier Conveyor gains it when opened.
+ALTER TABLE conveyor_jobs ADD COLUMN committed_at REAL
 
 -- name: cancel_waiting
 UPDATE conveyor_jobs SET state = 'cancelled', finished_at = :now, updated_at = :now
@@ -95,7 +114,7 @@ UPDATE conveyor_jobs SET cancel_requested = 1, updated_at = :now WHERE id = :id 
 
 -- name: retry_by_hand
 UPDATE conveyor_jobs
-SET state = 'queued', attempts = 0, error = NULL, finished_at = NULL, cancel_requested = 0,
+SET state = 'queued', attempts = 0, error = NULL, finished_at = NULL, cancel_requested = 0, committed_at = NULL,
     run_at = :now, updated_at = :now
 WHERE id = :id AND state IN ('failed', 'cancelled')
 

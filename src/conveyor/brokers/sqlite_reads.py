@@ -36,6 +36,7 @@ class SQLiteReads:
     def _record(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> JobRecord:
         data = {d[0]: v for d, v in zip(cursor.description, row)}
         del data["seq"]
+        data.pop("committed_at", None)
         for name in _JSON_FIELDS:
             data[name] = orjson.loads(data[name]) if data[name] is not None else None
         data["history"] = data["history"] or []

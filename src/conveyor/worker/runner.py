@@ -16,7 +16,8 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -77,13 +78,14 @@ if tuple(f.name for f in fields(Outcome))[:8] != ("job_id", "token", "state", "r
 class _Running:
     """Book-keeping of one job being executed, shared with the heartbeat thread."""
 
-    __slots__ = ("began", "cancelled", "lease", "observed_cancel", "pending_progress", "progress_at")
+    __slots__ = ("began", "cancelled", "committed", "lease", "observed_cancel", "pending_progress", "progress_at")
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.began = time.monotonic()
         self.cancelled = False
         self.observed_cancel = False  # the task read current_job().cancelled as True
+        self.committed = False  # current_job().transaction() committed the job's success
         self.progress_at = 0.0
         self.pending_progress: tuple[float | None, str | None] | None = None
 
@@ -334,8 +336,11 @@ class Runner:
                 state.observed_cancel = True
             return state.cancelled
 
-        def transaction() -> Any:
-            return self.broker.job_transaction(lease.job_id, lease.token)
+        @contextmanager
+        def transaction() -> Iterator[Any]:
+            with self.broker.job_transaction(lease.job_id, lease.token) as conn:
+                yield conn
+            state.committed = True
 
         return CurrentJob(lease.job_id, lease.task, lease.queue, lease.attempt, lease.max_attempts,
                           report, is_cancelled, transaction)
@@ -360,8 +365,13 @@ class Runner:
                                started_at=started, finished_at=finished)
             self.processed += 1
             return _succeeded(lease.job_id, lease.token, body, started, finished)
-        self.failed += 1
         info = error_info(exc)
+        if state.committed:  # its transaction committed its success: nothing after that can undo it
+            log.warning("job %s (%s) raised %s after its transaction committed: it has succeeded: %s",
+                        lease.job_id, lease.task, info["type"], info["message"])
+            self.processed += 1
+            return _succeeded(lease.job_id, lease.token, self.app.serializer.dumps(None), started, finished)
+        self.failed += 1
         if isinstance(exc, TimeoutError) and not info["message"] and lease.timeout:
             info["message"] = f"the job exceeded its {lease.timeout:g}s timeout"  # injected into a thread bare
         if state.cancelled:
