@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install chromium demo test lint bench clean
+.PHONY: install chromium stomp demo test lint bench clean
 
 # What the demo needs: Conveyor and its runtime dependencies.
 $(RUNTIME): pyproject.toml
@@ -32,7 +32,20 @@ chromium:
 demo: $(RUNTIME)  ## worker + sample jobs on the embedded SQLite default, shown live
 	$(BIN)/conveyor demo
 
-test: $(STAMP)  ## every test: unit, contract (every broker), acceptance (real worker processes), browser
+# The stomp:// tests need RabbitMQ's STOMP plugin: turned on when it is off (a RabbitMQ that is not
+# installed or not running is left alone: those tests then skip, or fail in CI).
+stomp:
+	@if command -v rabbitmq-plugins >/dev/null && command -v rabbitmqctl >/dev/null \
+	    && rabbitmqctl -q status >/dev/null 2>&1; then \
+	  rabbitmq-plugins -q list -e rabbitmq_stomp 2>/dev/null | grep -q rabbitmq_stomp \
+	    || rabbitmq-plugins -q enable rabbitmq_stomp; \
+	  for i in $$(seq 1 60); do \
+	    $(PYTHON) -c 'import socket; socket.create_connection(("127.0.0.1", 61613), 1).close()' \
+	      2>/dev/null && exit 0; sleep 0.5; \
+	  done; echo "error: the STOMP plugin did not open port 61613" >&2; exit 1; \
+	fi
+
+test: $(STAMP) stomp  ## every test: unit, contract (every broker), acceptance (real worker processes), browser
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)  ## ruff and mypy
