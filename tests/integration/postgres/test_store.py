@@ -1,0 +1,172 @@
+"""What the PostgreSQL store promises beyond the contract suite, against the real server: its own
+schema, unique keys under concurrent bulk enqueue, a change feed exact whatever order transactions
+commit in (and across restarts), retention in batches, polling without LISTEN, and the claim plan.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import uuid_utils
+
+from conveyor.brokers import Message, Outcome
+from conveyor.brokers.postgres import PostgresBroker
+from conveyor.brokers.postgres.within import statement_runner
+from conveyor.errors import BrokerError
+from conveyor.testing import require_service
+
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+PAYLOAD = b'{"args":[],"kwargs":{}}'
+
+
+def _msg(queue: str = "default", key: str | None = None) -> Message:
+    return Message(id=str(uuid_utils.uuid7()), task="t", queue=queue, payload=PAYLOAD, key=key)
+
+
+@pytest.fixture
+def store() -> Iterator[PostgresBroker]:
+    require_service(POSTGRES_URL, "PostgreSQL")
+    made = PostgresBroker(f"{POSTGRES_URL}?schema=store_{uuid_utils.uuid7().hex[-16:]}")
+    made.migrate()
+    made.open()
+    yield made
+    made.drop()
+
+
+def _tables(schema: str) -> set[str]:
+    with psycopg.connect(POSTGRES_URL) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_the_tables_live_in_the_schema_of_the_url(store: PostgresBroker) -> None:
+    assert {"conveyor_jobs", "conveyor_queues", "conveyor_workers", "conveyor_changes"} <= _tables(store.schema)
+    store.enqueue([_msg()])
+    assert store.counts() == {"default": {"queued": 1}}
+
+
+def test_an_unmigrated_schema_is_refused_with_what_to_run() -> None:
+    require_service(POSTGRES_URL, "PostgreSQL")
+    fresh = PostgresBroker(f"{POSTGRES_URL}?schema=never_{uuid_utils.uuid7().hex[-12:]}")
+    with pytest.raises(BrokerError, match="run `conveyor migrate APP`"):
+        fresh.open()
+    fresh.close()
+
+
+def test_unknown_or_bad_url_options_are_refused() -> None:
+    with pytest.raises(BrokerError, match="notify"):
+        PostgresBroker(f"{POSTGRES_URL}?notify=maybe")
+    with pytest.raises(BrokerError, match="bad number"):
+        PostgresBroker(f"{POSTGRES_URL}?poll=soon")
+
+
+def test_unique_keys_hold_under_concurrent_bulk_enqueue(store: PostgresBroker) -> None:
+    """Eight threads, each with its own store, enqueue the same 200 keys in batches: one active
+    job per key, and every call gets that job's id back for its key."""
+    keys = [f"k{i}" for i in range(200)]
+    answers: list[dict[str, str]] = []
+    lock = threading.Lock()
+
+    def enqueue() -> None:
+        mine = store.fork()
+        try:
+            batch = [_msg(key=k) for k in keys]
+            ids = mine.enqueue(batch)
+            with lock:
+                answers.append({m.key: i for m, i in zip(batch, ids) if m.key})
+        finally:
+            mine.close()
+
+    threads = [threading.Thread(target=enqueue) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.counts() == {"default": {"queued": 200}}
+    assert len(answers) == 8 and all(a == answers[0] for a in answers)
+
+
+def test_the_change_feed_is_exact_whatever_order_transactions_commit_in(store: PostgresBroker) -> None:
+    """A transaction that began first but commits last is not skipped: its change comes when it
+    commits, though a later one was read before it. A new store object (a restarted dashboard)
+    continues from the cursor."""
+    _, cursor = store.changes(None)
+    first, second = _msg(), _msg()
+    with psycopg.connect(POSTGRES_URL) as slow:
+        target, execute = statement_runner(slow)
+        from conveyor.brokers.postgres.lifecycle import insert_jobs
+
+        insert_jobs(target, store.q, [first], time.time(), execute)  # begun, not committed
+        store.enqueue([second])
+        events, cursor = store.changes(cursor)
+        assert [e.data["id"] for e in events if e.kind == "job"] == [second.id]
+        slow.commit()
+    restarted = PostgresBroker(store.url)
+    restarted.open()
+    try:
+        events, cursor = restarted.changes(cursor)
+        assert [e.data["id"] for e in events if e.kind == "job"] == [first.id]
+        assert restarted.changes(cursor) == ([], cursor)
+    finally:
+        restarted.close()
+
+
+def test_retention_prunes_in_batches(store: PostgresBroker) -> None:
+    """More finished jobs than one batch: all old ones go, the young and the active stay."""
+    from conveyor.brokers.postgres import reads
+
+    n = reads.PRUNE_BATCH + 700
+    ids = store.enqueue([_msg() for _ in range(n)])
+    leases = store.fetch(["default"], n, 60, "c")
+    long_ago = time.time() - 3 * 86400
+    store.ack([Outcome(x.job_id, x.token, "succeeded", result=b"null", finished_at=long_ago) for x in leases])
+    young = store.enqueue([_msg()])
+    (lease,) = store.fetch(["default"], 1, 60, "c")
+    store.ack([Outcome(lease.job_id, lease.token, "succeeded", result=b"null")])
+    waiting = store.enqueue([_msg()])
+    assert store.prune(86400) == n
+    assert store.get(ids[0]) is None and store.get(young[0]) is not None and store.get(waiting[0]) is not None
+
+
+def test_without_listen_idle_consumers_poll(store: PostgresBroker) -> None:
+    polling = PostgresBroker(store.url + "&notify=0&poll=0.05")
+    polling.open()
+    try:
+        assert polling._listen() is None
+        started = time.monotonic()
+        polling.wait(["default"], 0.2)
+        assert time.monotonic() - started < 0.19  # one poll interval, not the whole timeout
+        store.enqueue([_msg()])
+        assert len(polling.fetch(["default"], 10, 30, "c")) == 1
+    finally:
+        polling.close()
+
+
+def test_a_notify_wakes_an_idle_consumer_at_once(store: PostgresBroker) -> None:
+    waiter = store.fork()
+    waiter.open()
+    try:
+        assert waiter.fetch(["default"], 1, 30, "c") == []
+        threading.Timer(0.2, lambda: store.enqueue([_msg()])).start()
+        started = time.monotonic()
+        waiter.wait(["default"], 3.0)
+        took = time.monotonic() - started
+        assert 0.15 < took < 2.0
+        assert len(waiter.fetch(["default"], 1, 30, "c")) == 1
+    finally:
+        waiter.close()
+
+
+def test_the_claim_reads_the_partial_index_of_claimable_rows(store: PostgresBroker) -> None:
+    store.enqueue([_msg() for _ in range(50)])
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = conn.execute(
+            f"EXPLAIN SELECT seq FROM {store.schema}.conveyor_jobs WHERE state = 'queued' AND queue = 'default' "
+            "ORDER BY priority DESC, seq LIMIT 10 FOR UPDATE SKIP LOCKED").fetchall()
+    assert "conveyor_jobs_ready" in "\n".join(r[0] for r in plan)
