@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uuid_utils
 from web_support import TOKEN, Browser, csrf_of, make_app, settle, start
 from werkzeug.test import Client
 
 from conveyor import Conveyor
+from conveyor.testing import require_service
 from conveyor.web import WSGIApplication, create_app
 
 
@@ -30,13 +32,27 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Conveyor]:
-    url = f"sqlite:///{tmp_path}/web.db" if request.param == "sqlite" else "memory://"
+    store = None
+    if request.param == "postgres":  # a schema of its own, migrated, dropped at teardown
+        require_service(POSTGRES_URL, "PostgreSQL")
+        from conveyor.brokers.postgres import PostgresBroker
+
+        url = f"{POSTGRES_URL}?schema=web_{uuid_utils.uuid7().hex[-16:]}"
+        store = PostgresBroker(url)
+        store.migrate()
+    else:
+        url = f"sqlite:///{tmp_path}/web.db" if request.param == "sqlite" else "memory://"
     made = make_app(url)
     made.open()
     yield made
     made.close()
+    if store is not None:
+        store.drop()
 
 
 @pytest.fixture
