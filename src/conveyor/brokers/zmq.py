@@ -46,6 +46,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ..errors import BrokerError, ConfigError
 from .records import Check, Dispatch, Outcome
@@ -62,6 +63,9 @@ log = logging.getLogger("conveyor.brokers.zmq")
 
 #: Environment variable through which a supervisor tells its pool processes where its hub listens.
 HUBS_ENV = "CONVEYOR_ZMQ_HUBS"
+#: For this long after the hub answered that nothing more waited for some queues, a pool process
+#: does not ask it again without waiting (the next wait is answered as soon as a push arrives).
+DRAINED_FOR = 0.005
 #: Most deliveries per pushed message.
 PUSH_BATCH = 1000
 _OPTIONS = {"bind", "pull", "events", "hwm", "buffer", "send_timeout", "resend_after"}
@@ -192,12 +196,16 @@ class ZMQTransport(Transport):
         self._notify_lock = threading.Lock()
         self._pid = 0
         self._push: zmq.Socket[Any] | None = None
+        self._monitor: zmq.Socket[Any] | None = None  # the PUSH socket's connections
+        self._peers = 0
+        self._grace_until = 0.0
         self._dealer: zmq.Socket[Any] | None = None  # take/purge requests to the supervisor's hub
         self._notify: zmq.Socket[Any] | None = None  # settle/requeue/events to it (no answers)
         self._requests = itertools.count(1)
         self._spare: list[Delivery] = []  # late answers: deliveries the hub holds for us
         self._queue_of: dict[str, str] = {}  # job id -> queue, of held deliveries (for events)
         self._own: HubService | None = None
+        self._drained: tuple[frozenset[str], float] | None = None  # queues the hub had emptied, when
 
     def __repr__(self) -> str:
         return f"<ZMQTransport {self.options.key}>"
@@ -218,7 +226,7 @@ class ZMQTransport(Transport):
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():  # sockets inherited through fork are never touched
-            self._push = self._dealer = self._notify = None
+            self._push = self._dealer = self._notify = self._monitor = None
             self._spare, self._queue_of, self._own = [], {}, None
             self._pid = os.getpid()
 
@@ -232,10 +240,13 @@ class ZMQTransport(Transport):
         if self._spare:
             self.requeue(self._spare)
             self._spare = []
+        if self._push is not None and self._monitor is not None:
+            self._push.disable_monitor()
+            self._monitor.close(0)
         for sock in (self._push, self._dealer, self._notify):
             if sock is not None:
                 sock.close()
-        self._push = self._dealer = self._notify = None
+        self._push = self._dealer = self._notify = self._monitor = None
         if self._own is not None:
             self._own.close()
             self._own = None
@@ -292,6 +303,8 @@ class ZMQTransport(Transport):
             return
         with self._send_lock:
             sock = self._push_socket()
+            if not self._connected() and time.monotonic() >= self._grace_until:
+                raise BrokerError(f"no zmq:// worker is listening at {self.options.key}")
             for i in range(0, len(dispatches), PUSH_BATCH):
                 frame = encode_dispatches(dispatches[i:i + PUSH_BATCH])
                 if not sock.poll(int(self.options.send_timeout * 1000), zmq.POLLOUT):
@@ -308,10 +321,28 @@ class ZMQTransport(Transport):
             sock.setsockopt(zmq.SNDHWM, self.options.hwm)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a worker that is not connected
             sock.setsockopt(zmq.LINGER, 2000)
+            self._monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            self._peers = 0
+            # A fresh socket is given send_timeout to connect; after that a push with no worker
+            # connected fails at once (the outbox keeps the jobs), and only a full HWM waits.
+            self._grace_until = time.monotonic() + self.options.send_timeout
             for address in self.options.push:
                 sock.connect(address)
             self._push = sock
         return self._push
+
+    def _connected(self) -> bool:
+        """Whether the PUSH socket has a worker (or a device) connected, from its monitor."""
+        assert self._monitor is not None
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return self._peers > 0
+            if event["event"] == zmq.EVENT_CONNECTED:
+                self._peers += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._peers = max(0, self._peers - 1)
 
     def receive(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         """Deliveries from this worker's hub (started here when this process has none and is not
@@ -329,6 +360,9 @@ class ZMQTransport(Transport):
         if hub is None:
             endpoint = self._parent_hub()
             if endpoint is not None:
+                if timeout <= 0 and self._drained is not None and set(queues) <= self._drained[0] \
+                        and time.monotonic() - self._drained[1] < DRAINED_FOR:
+                    return self._remember(out)  # the hub has just said it had nothing more for them
                 return self._remember(out + self._ask(endpoint, queues, limit - len(out), timeout))
             self.serve()
             hub = self._local_hub()
@@ -365,8 +399,9 @@ class ZMQTransport(Transport):
                 kind, body = self._dealer.recv_multipart()
                 if kind != b"give":
                     continue
-                answered, got = decode_deliveries(body)
+                answered, got, more = decode_deliveries(body)
                 if answered == request:
+                    self._drained = (frozenset(queues), time.monotonic()) if not more else None
                     return got
                 self._spare.extend(got)  # the answer to a request we stopped waiting for
 

@@ -12,8 +12,9 @@ A worker's supervisor starts one :class:`Hub` (``ZMQTransport.serve``). Its thre
 * publishes job events on a PUB socket, when the URL names one;
 * resends lost deliveries: when members ask for work and the buffer is empty, it takes the jobs of
   their queues that the store says have been ``queued`` for longer than ``resend_after`` seconds
-  (their delivery died with a worker, or never arrived) into its own buffer; it looks at most once
-  a second. Duplicates are dropped when claimed.
+  (their delivery died with a worker, or never arrived) into its own buffer. A thread of its own
+  looks, once a second, from ``resend_after`` seconds after the start (so the outbox, sent by the
+  worker's maintenance at once, goes first). Duplicates are dropped when claimed.
 
 No buffer here is durable: the store is the truth, and a delivery is only a hint to claim a job.
 """
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import zmq
 
-from .records import Dispatch
+from .records import Dispatch, JobQuery
 from .transport import Delivery
 from .zmq_wire import Endpoint, decode_dispatches, encode_deliveries
 
@@ -51,6 +52,8 @@ TICK = 0.2
 HUNGRY_FOR = 1.5
 #: How often a hungry hub looks for lost deliveries in the store, at most (seconds).
 LOOK_EVERY = 1.0
+#: Most jobs one look for lost deliveries takes.
+RESEND_MOST = 1000
 #: Queued jobs read per page when the hub looks for lost deliveries.
 STEAL_PAGE = 500
 
@@ -109,7 +112,6 @@ class Hub:
         self._parked: deque[_Parked] = deque()
         self._events: deque[list[Any]] = deque()
         self._hungry: dict[str, float] = {}  # queue -> when a member last found it empty
-        self._next_steal = 0.0
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -117,6 +119,7 @@ class Hub:
         self._pid = os.getpid()
         self._ctx: zmq.Context[Any] | None = None
         self._thread: threading.Thread | None = None
+        self._resender: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -132,14 +135,18 @@ class Hub:
             self._thread.join(5)
             self._ctx.term()
             raise self._error
+        if self.store is not None:
+            self._resender = threading.Thread(target=self._resend_loop, name="conveyor-zmq-resend", daemon=True)
+            self._resender.start()
 
     def stop(self) -> None:
         """Stop the thread and close the sockets (buffered deliveries are dropped: the store keeps
         the jobs, and whoever serves the queue next resends them)."""
         self._stop.set()
         self._wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10)
+        for thread in (self._thread, self._resender):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(10)
         if self._ctx is not None and os.getpid() == self._pid:
             self._ctx.term()
             self._ctx = None
@@ -339,7 +346,6 @@ class Hub:
             if now >= next_tick:
                 next_tick = now + TICK
                 self._bury_dead_members()
-                self._maybe_resend(now)
 
     def _next_deadline(self) -> float:
         if not self._parked:
@@ -383,7 +389,7 @@ class Hub:
             with self._cond:
                 got = self._take_now(queues, int(limit), identity)
             if got or timeout <= 0:
-                self._reply(router, identity, int(request), got)
+                self._reply(router, identity, int(request), got, queues)
             else:
                 self._parked.append(_Parked(identity, int(request), list(queues), int(limit),
                                             time.monotonic() + float(timeout)))
@@ -399,9 +405,12 @@ class Hub:
         else:
             raise ValueError(f"unknown message kind {kind[:20]!r}")
 
-    def _reply(self, router: zmq.Socket[Any], identity: bytes, request: int, got: list[Delivery]) -> None:
+    def _reply(self, router: zmq.Socket[Any], identity: bytes, request: int, got: list[Delivery],
+               queues: Sequence[str]) -> None:
+        with self._cond:
+            more = any(self._queues.get(q) for q in queues)
         try:
-            router.send_multipart([identity, b"give", encode_deliveries(request, got)], zmq.NOBLOCK)
+            router.send_multipart([identity, b"give", encode_deliveries(request, got, more)], zmq.NOBLOCK)
         except zmq.ZMQError:  # the member went away: what it was given goes back
             self.requeue([d.tag for d in got])
 
@@ -413,7 +422,7 @@ class Hub:
             with self._cond:
                 got = self._take_now(p.queues, p.limit, p.identity)
             if got or now >= p.deadline:
-                self._reply(router, p.identity, p.request, got)
+                self._reply(router, p.identity, p.request, got, p.queues)
             else:
                 waiting.append(p)
         self._parked = waiting
@@ -444,47 +453,59 @@ class Hub:
         if n:
             log.info("%d delivery(ies) given to pool member(s) that died put back", n)
 
-    def _maybe_resend(self, now: float) -> None:
-        """Take jobs queued in the store for longer than resend_after into the buffer, when members
-        are hungry and nothing is buffered for them (see the module docstring)."""
-        if self.store is None or now < self._next_steal:
+    def _resend_loop(self) -> None:
+        """The resend thread (its store reads never hold up the sockets): once ``resend_after``
+        has passed since the start, look once a second for lost deliveries while members are
+        hungry (see the module docstring)."""
+        assert self.store is not None
+        if self._stop.wait(self.options.resend_after):
             return
-        hungry = [q for q, at in self._hungry.items() if now - at < HUNGRY_FOR]
+        try:
+            self.store.open()
+            while not self._stop.wait(min(LOOK_EVERY, self.options.resend_after)):
+                self._resend_once(time.monotonic())
+        finally:
+            self.store.close()
+
+    def _resend_once(self, now: float) -> None:
+        hungry = [q for q, at in list(self._hungry.items()) if now - at < HUNGRY_FOR]
         with self._cond:
             hungry = [q for q in hungry if not self._queues.get(q)]
         if not hungry:
             return
-        self._next_steal = now + min(LOOK_EVERY, self.options.resend_after)
         try:
             found = self._stale_queued(hungry)
         except Exception as exc:  # the store may be down: try again later
             log.warning("could not look for lost zmq:// deliveries: %s", exc)
             return
-        if found:
-            n = self.put(found, redelivered=True)
-            self.counters.resent += n
-            if n:
-                log.warning("resent %d job(s) queued for over %gs whose delivery was lost", n,
-                            self.options.resend_after)
+        n = self.put(found, redelivered=True) if found else 0
+        self.counters.resent += n
+        if n:
+            log.warning("resent %d job(s) queued for over %gs whose delivery was lost", n, self.options.resend_after)
 
     def _stale_queued(self, queues: list[str]) -> list[Dispatch]:
+        """Jobs of ``queues`` queued in the store since over ``resend_after`` seconds ago (at most
+        ``RESEND_MOST`` a look). A job queued since then was created before then, so the store's
+        search narrows by creation time and the hand-back time is checked here."""
         assert self.store is not None
         older_than = self.store.clock() - self.options.resend_after
+        most = min(self.options.buffer, RESEND_MOST)
         out: list[Dispatch] = []
         paused = self.store.paused_queues()
         for queue in queues:
             if queue in paused:
                 continue
             cursor = None
-            while len(out) < self.options.buffer:
-                page = self.store.list_jobs(state="queued", queue=queue, limit=STEAL_PAGE, cursor=cursor)
+            while len(out) < most:
+                page = self.store.search_jobs(JobQuery(state="queued", queue=queue, until=older_than,
+                                                       limit=STEAL_PAGE, cursor=cursor))
                 out += [Dispatch(r.id, r.queue, r.priority) for r in page.jobs
                         if (r.updated_at or r.created_at) <= older_than]
                 if page.cursor is None:
                     break
                 cursor = page.cursor
         out.sort(key=lambda d: d.job_id)  # ids are time-ordered: oldest first
-        return out[: self.options.buffer]
+        return out[:most]
 
 
 def _pid_alive(identity: bytes, own: int) -> bool:

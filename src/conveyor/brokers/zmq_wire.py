@@ -86,16 +86,16 @@ def decode_dispatches(frames: Sequence[bytes]) -> list[Dispatch]:
     return out
 
 
-def encode_deliveries(request: int, deliveries: Sequence[Delivery]) -> bytes:
-    """A hub's answer to a member's request."""
+def encode_deliveries(request: int, deliveries: Sequence[Delivery], more: bool) -> bytes:
+    """A hub's answer to a member's request (``more``: deliveries of those queues remain)."""
     return orjson.dumps([request, [[d.job_id, d.queue, d.priority, d.order, d.tag, d.redelivered]
-                                   for d in deliveries]])
+                                   for d in deliveries], more])
 
 
-def decode_deliveries(body: bytes) -> tuple[int, list[Delivery]]:
-    """The request number and deliveries of a hub's answer."""
-    request, items = orjson.loads(body)
-    return int(request), [Delivery(i[0], i[1], i[2], i[3], i[4], bool(i[5])) for i in items]
+def decode_deliveries(body: bytes) -> tuple[int, list[Delivery], bool]:
+    """The request number, deliveries and ``more`` of a hub's answer."""
+    request, items, more = orjson.loads(body)
+    return int(request), [Delivery(i[0], i[1], i[2], i[3], i[4], bool(i[5])) for i in items], bool(more)
 
 
 def outcome_event(outcome: Outcome, queue: str | None) -> list[Any]:
