@@ -18,8 +18,9 @@ URL (see docs/brokers/zmq.md)::
                          forwarder device's input (``>tcp://…``)
     hwm=1000             high-water mark of every socket, in messages (one message: one batch)
     buffer=10000         most deliveries a worker holds in memory before it stops reading
-    send_timeout=0.5     seconds a push waits for a worker (or room under the HWM) before the
-                         send fails and the store's outbox keeps the jobs for a later resend
+    send_timeout=0.5     seconds a push waits for room under the HWM (and a process's first
+                         push for its connection) before it fails and the store's outbox keeps
+                         the jobs; with no worker connected a push fails at once
     resend_after=5       seconds after which a worker with nothing to do resends jobs still
                          queued in the store (their delivery was lost)
 
