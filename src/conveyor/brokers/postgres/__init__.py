@@ -19,11 +19,13 @@ See ``docs/brokers/postgres.md`` and :mod:`conveyor.brokers.postgres.link` for t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import psycopg
 
 from ...config import redact_url
 from ...errors import BrokerError
-from ..records import Check, Clock
+from ..records import Check, Clock, Lease
 from ..store import Broker
 from . import schema
 from .lifecycle import PostgresLifecycle
@@ -60,15 +62,20 @@ class PostgresBroker(PostgresTransactions, PostgresPairing, PostgresLifecycle, P
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> None:
-        """Connect, check the schema's version (raises BrokerError: run ``conveyor migrate``),
-        and LISTEN for new jobs."""
+        """Connect and check the schema's version (raises BrokerError: run ``conveyor migrate``)."""
         self._pool_now()
         if not self._checked:
             self._run(lambda conn: schema.check(conn, self.schema, redact_url(self.conninfo)))
             self._checked = True
             self._turn_outbox_on()
-        with self._listen_lock:
-            self._listen()
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
+        """As every store's; a consumer's first fetch LISTENs before it claims, so a job
+        enqueued after a claim that found nothing always wakes it (producers never LISTEN)."""
+        if self.notify and self._listener is None:
+            with self._listen_lock:
+                self._listen()
+        return super().fetch(queues, limit, lease, consumer)
 
     def close(self) -> None:
         self._close_link()
