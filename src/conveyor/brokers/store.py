@@ -11,7 +11,6 @@ Semantics every store honours (see ``docs/semantics.md``):
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -29,27 +28,21 @@ from .records import (
     Event,
     ExtendResult,
     JobPage,
-    JobQuery,
     JobRecord,
     Lease,
     Message,
     Outcome,
     QueueInfo,
     WorkerInfo,
-    job_event_data,
-    job_matches,
-    summarize,
 )
+from .store_queries import SCAN_LIMIT, DefaultQueries
 
 __all__ = ["SCAN_LIMIT", "Broker", "JobStore"]
 
 
-#: How many jobs the base class's default queries read at most, for stores without their own.
-SCAN_LIMIT = 10_000
-_CURSORS = itertools.count(1)
 
 
-class JobStore(ABC):
+class JobStore(DefaultQueries, ABC):
     """The job database: the fenced lifecycle, operator control and the queries.
 
     Names. The lifecycle keeps the names every backend, test and worker has always used, and those
@@ -92,10 +85,10 @@ class JobStore(ABC):
         self._snapshots: dict[str, tuple[dict[str, Any], list[Event]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def open(self) -> None:  # noqa: B027 - optional hook
+    def open(self) -> None:
         """Connect (and create the schema) now instead of on first use. Raises BrokerError."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections. The broker may be opened again."""
 
     def fork(self) -> JobStore:
@@ -162,7 +155,7 @@ class JobStore(ABC):
     def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
         """Push the deadline of the given (job id, token) leases ``lease`` seconds from now."""
 
-    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:  # noqa: B027 - optional (flag)
+    def mark_started(self, marks: Sequence[tuple[str, int, float]]) -> None:
         """Record when leased jobs really began to run: ``(job id, token, started_at)`` each,
         ignored for a stale token. Until then a leased job is *reserved* (``running`` with no
         ``started_at``). Workers send these in batches with their heartbeats, never one round
@@ -300,143 +293,6 @@ class JobStore(ABC):
     def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
         """Workers heard from in the last ``max_age`` seconds."""
 
-    # -- queries of the web app (each has a default built on the operations above) -------------
-    def search_jobs(
-        self,
-        query: JobQuery | None = None,
-        /,
-        *,
-        state: str | None = None,
-        queue: str | None = None,
-        task: str | None = None,
-        search: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> JobPage:
-        """:meth:`list_jobs` with a text search (a substring of the arguments or the error, any
-        case) and a time range on ``created_at`` (``since <= created_at < until``).
-
-        Brokers declaring ``supports_search`` answer it in ``list_jobs``. Otherwise this pages
-        through :meth:`list_jobs` and filters here, reading at most :data:`SCAN_LIMIT` jobs per
-        call; a page cut short by that budget still carries a cursor to continue from.
-
-        The filters come as one :class:`JobQuery` or as keywords (not both).
-        """
-        if query is not None:
-            state, queue, task, search = query.state, query.queue, query.task, query.search
-            since, until, limit, cursor = query.since, query.until, query.limit, query.cursor
-        if self.supports_search:
-            return self.list_jobs(state=state, queue=queue, task=task, limit=limit,  # type: ignore[call-arg]
-                                  cursor=cursor, search=search, since=since, until=until)
-        if search is None and since is None and until is None:
-            return self.list_jobs(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
-        found: list[JobRecord] = []
-        scanned = 0
-        while scanned < SCAN_LIMIT:
-            page = self.list_jobs(state=state, queue=queue, task=task, limit=200, cursor=cursor)
-            for job in page.jobs:
-                scanned += 1
-                if job_matches(job, search, since, until):
-                    found.append(job)
-                    if len(found) > limit:
-                        return JobPage(found[:limit], found[limit - 1].id)
-            cursor = page.cursor
-            if cursor is None:
-                return JobPage(found, None)
-        return JobPage(found, cursor)
-
-    def find_by_key(self, key: str) -> JobRecord | None:
-        """The newest job enqueued with unique ``key``, in any state (for idempotent enqueues).
-
-        Default: scans :meth:`list_jobs` newest first, at most :data:`SCAN_LIMIT` jobs.
-        """
-        cursor: str | None = None
-        scanned = 0
-        while scanned < SCAN_LIMIT:
-            page = self.list_jobs(limit=500, cursor=cursor)
-            for job in page.jobs:
-                if job.key == key:
-                    return job
-            scanned += len(page.jobs)
-            if page.cursor is None:
-                return None
-            cursor = page.cursor
-        return None
-
-    def stats(self, since: float, bucket: float) -> list[dict[str, Any]]:
-        """Finished jobs per queue per time bucket since ``since``: one dict per (queue, bucket)
-        that had any, ordered by bucket then queue: ``queue``, ``bucket`` (its start, Unix
-        seconds), ``succeeded`` and ``failed`` counts, ``run_mean`` and ``run_p95`` (seconds from
-        start to finish), ``wait_mean`` (seconds from creation to start). Buckets start at
-        ``since`` and are ``bucket`` seconds long.
-
-        Default: reads succeeded and failed jobs from :meth:`list_jobs` (newest first, at most
-        :data:`SCAN_LIMIT` of each), so on a busy broker it covers only the latest of them.
-        """
-        if bucket <= 0:
-            raise ValueError(f"bucket must be > 0 seconds, not {bucket}")
-        rows = []
-        for state in ("succeeded", "failed"):
-            cursor: str | None = None
-            scanned = 0
-            while scanned < SCAN_LIMIT:
-                page = self.list_jobs(state=state, limit=500, cursor=cursor)
-                for job in page.jobs:
-                    if job.finished_at is not None and job.finished_at >= since:
-                        rows.append(_stat_row(job))
-                scanned += len(page.jobs)
-                # Ids grow with creation time: a page wholly created an hour before ``since``
-                # cannot hold jobs that finished after it, short of hour-long runs.
-                if page.cursor is None or (page.jobs and page.jobs[-1].created_at < since - 3600):
-                    break
-                cursor = page.cursor
-        return summarize(rows, since, bucket)
-
-    def changes(self, after: str | None, limit: int = 500) -> tuple[list[Event], str]:
-        """Changes of jobs (state, progress), queues (pause, resume) and workers (heartbeats) after
-        the cursor ``after``, oldest first, at most ``limit``, and the cursor to pass next time.
-        ``after=None`` returns no events, only the current cursor.
-
-        A cursor older than the broker keeps (about ten minutes) yields a single ``reset`` event:
-        the caller should reload what it shows.
-
-        Default, for brokers without a change log: compares snapshots taken on each call — the
-        counts per queue and state, the paused queues, the workers, and the newest 200 jobs —
-        and reports what differs (several changes of one job between two calls come as one).
-        Cursors are then only meaningful to this broker object, which keeps the last 64.
-        """
-        with self._snapshot_lock:
-            snap = self._take_snapshot()
-            now = self.clock()
-            events: list[Event] = []
-            if after is not None:
-                if after not in self._snapshots:
-                    events.append(Event("", "reset", {}, now))
-                else:
-                    previous, backlog = self._snapshots[after]
-                    events = backlog + _diff_snapshots(previous, snap, now, self)
-                    if not events and previous == snap:
-                        return [], after  # nothing new: the same cursor
-            cursor = str(next(_CURSORS))
-            head, rest = events[:max(0, limit)], events[max(0, limit):]
-            self._snapshots[cursor] = (snap, rest)  # what did not fit comes with the next call
-            while len(self._snapshots) > 64:
-                del self._snapshots[next(iter(self._snapshots))]
-            for e in head:
-                e.id = cursor
-            return head, cursor
-
-    def _take_snapshot(self) -> dict[str, Any]:
-        jobs = self.list_jobs(limit=200).jobs
-        return {
-            "counts": self.counts(),
-            "paused": sorted(self.paused_queues()),
-            "workers": {w.id: (tuple(w.current), w.processed, w.failed) for w in self.workers()},
-            "jobs": {j.id: job_event_data(j) for j in jobs},
-        }
-
     # -- the names of the design (aliases of the historic ones above) -------------------------
     def add(self, messages: Sequence[Message]) -> list[str]:
         """Alias of :meth:`enqueue`: write the records (the outbox marks them when paired)."""
@@ -502,33 +358,3 @@ class Broker(JobStore):
     def store(self) -> JobStore:
         """The job database behind this broker: the broker itself, unless it is paired."""
         return self
-
-
-
-def _stat_row(job: JobRecord) -> tuple[str, float, str, float | None, float | None, float]:
-    assert job.finished_at is not None
-    run = job.finished_at - job.started_at if job.started_at is not None else None
-    wait = job.started_at - job.created_at if job.started_at is not None else None
-    return job.queue, job.finished_at, job.state, run, wait, job.created_at
-
-
-def _diff_snapshots(old: dict[str, Any], new: dict[str, Any], now: float, broker: JobStore) -> list[Event]:
-    events: list[Event] = []
-    for job_id, data in new["jobs"].items():
-        if old["jobs"].get(job_id) != data:
-            events.append(Event("", "job", data, now))
-    gone = [job_id for job_id in old["jobs"] if job_id not in new["jobs"]]
-    for job_id, record in zip(gone, broker.get_many(gone) if gone else []):
-        if record is None:  # deleted, not merely pushed out of the newest 200
-            events.append(Event("", "job", {**old["jobs"][job_id], "state": "deleted"}, now))
-    for name in sorted(set(old["paused"]) ^ set(new["paused"])):
-        events.append(Event("", "queue", {"name": name, "paused": name in new["paused"]}, now))
-    for name in sorted(set(old["counts"]) | set(new["counts"])):
-        if old["counts"].get(name) != new["counts"].get(name) and not any(
-                e.kind == "job" and e.data["queue"] == name for e in events):
-            events.append(Event("", "queue", {"name": name, "counts": new["counts"].get(name, {})}, now))
-    for worker_id in sorted(set(old["workers"]) | set(new["workers"])):
-        if old["workers"].get(worker_id) != new["workers"].get(worker_id):
-            state = "seen" if worker_id in new["workers"] else "gone"
-            events.append(Event("", "worker", {"id": worker_id, "state": state}, now))
-    return events
