@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -57,6 +58,11 @@ log = logging.getLogger(__name__)
 _TRANSPORT_FLAGS = ("supports_blocking_fetch", "supports_priorities")
 #: Most outbox entries one maintenance pass sends.
 OUTBOX_BATCH = 1000
+#: Seconds a fetch trusts the paused queues it read last (a pause made through this broker is seen
+#: at once; one made elsewhere within this time: deliveries of the queue are handed back at claim).
+PAUSED_FOR = 1.0
+#: Store-clock seconds between two promotions of due jobs by fetch (maintenance promotes too).
+PROMOTE_EVERY = 0.05
 
 
 class PairedBroker(Broker):
@@ -90,6 +96,8 @@ class PairedBroker(Broker):
         self._held: dict[tuple[str, int], tuple[Delivery, str]] = {}  # (job id, token) -> (delivery, consumer)
         self._stash: list[Delivery] = []  # received by wait(), claimed by the next fetch()
         self.max_payload = max_payload
+        self._paused: tuple[float, set[str]] = (-PAUSED_FOR, set())  # (read at, paused queues)
+        self._promoted = float("-inf")  # store clock of the last promotion by fetch
         self._refused: dict[str, dict[str, Any]] = {}  # job id -> error: job messages to record as failed
 
     def __repr__(self) -> str:
@@ -171,12 +179,14 @@ class PairedBroker(Broker):
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
         if limit <= 0:
             return []
-        paused = self._store.paused_queues()
-        wanted = [q for q in queues if q not in paused]
+        wanted = [q for q in queues if q not in self._paused_queues()]
         if not wanted:
             return []
-        if self._store.promote(wanted):
-            self._send()
+        now = self.clock()
+        if not 0 <= now - self._promoted < PROMOTE_EVERY:
+            self._promoted = now
+            if self._store.promote(wanted):
+                self._send()
         with self._lock:
             taken = [d for d in self._stash if d.queue in wanted][:limit]
             self._stash = [d for d in self._stash if d not in taken]
@@ -251,6 +261,11 @@ class PairedBroker(Broker):
         if imported:  # carried already, by the message that made them: not to be sent again
             self._store.mark_sent(imported)
         if drop:
+            paused = self._paused_queues(fresh=True)
+            back = [d for d in drop if d.queue in paused]  # paused since they were received: kept
+            if back:
+                self.transport.requeue(back)
+                drop = [d for d in drop if d.queue not in paused]
             self.transport.settle(drop)
         if refused:
             now = self.clock()
@@ -264,8 +279,7 @@ class PairedBroker(Broker):
         with self._lock:
             if self._stash:
                 return
-        paused = self._store.paused_queues()
-        wanted = [q for q in queues if q not in paused]
+        wanted = [q for q in queues if q not in self._paused_queues()]
         if not wanted:
             super().wait(queues, timeout)
             return
@@ -275,6 +289,8 @@ class PairedBroker(Broker):
 
     def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
         accepted = self._store.ack(outcomes)
+        if any(o.state == "scheduled" or o.run_at is not None for o in outcomes):
+            self._promoted = float("-inf")  # a retry may be due at once: the next fetch promotes
         self.transport.outcomes(outcomes, accepted)
         now = self.clock()
         settle: list[Delivery] = []
@@ -346,11 +362,22 @@ class PairedBroker(Broker):
     def delete(self, job_id: str) -> bool:
         return self._store.delete(job_id)
 
+    def _paused_queues(self, fresh: bool = False) -> set[str]:
+        """The paused queues, read at most every PAUSED_FOR seconds (or now, when ``fresh``)."""
+        at, paused = self._paused
+        now = time.monotonic()
+        if fresh or not 0 <= now - at < PAUSED_FOR:
+            paused = self._store.paused_queues()
+            self._paused = (now, paused)
+        return paused
+
     def pause(self, queue: str) -> None:
         self._store.pause(queue)
+        self._paused = (-PAUSED_FOR, set())
 
     def resume(self, queue: str) -> None:
         self._store.resume(queue)
+        self._paused = (-PAUSED_FOR, set())
 
     def purge(self, queue: str | None, states: Iterable[str] = ("queued", "scheduled")) -> int:
         """Deletes the jobs in the store; their deliveries are dropped when they arrive (purging
