@@ -2,8 +2,9 @@
 
 A worker's supervisor starts one :class:`Hub` (``ZMQTransport.serve``). Its thread:
 
-* takes pushed deliveries from the worker's PULL socket (bound at the URL's address, or connected
-  to a streamer device's ``--out``) into a buffer in memory: one heap per queue, by priority then
+* takes pushed deliveries (and job messages of other clients, :mod:`~conveyor.brokers.wire`) from
+  the worker's PULL socket (bound at the URL's address, or connected to a streamer device's
+  ``--out``) into a buffer in memory: one heap per queue, by priority then
   the store's order, so members take their queues in order of preference;
 * hands them out on request to the pool members (a ROUTER socket on an ``ipc://`` path; a thread
   member calls :meth:`Hub.take` directly), and remembers which member holds what until it settles
@@ -37,7 +38,7 @@ import zmq
 
 from .records import Dispatch, JobQuery
 from .transport import Delivery
-from .zmq_wire import Endpoint, decode_dispatches, encode_deliveries
+from .zmq_wire import MAX_PUSH, Endpoint, decode_dispatches, encode_deliveries, message_queue
 
 if TYPE_CHECKING:
     from .store import JobStore
@@ -86,7 +87,7 @@ class _Parked:
 @dataclass(slots=True)
 class _Counters:
     received: int = 0
-    malformed: int = 0
+    messages: int = 0
     duplicates: int = 0
     resent: int = 0
     requeued_from_dead: int = 0
@@ -183,8 +184,17 @@ class Hub:
             self._wake()
         return n
 
+    def put_message(self, body: bytes) -> None:
+        """Buffer a job message (see :mod:`~conveyor.brokers.wire`) on the queue it names."""
+        with self._cond:
+            self._push(Delivery("", message_queue(body), 0, 0, next(self._tags), False, body))
+            self._cond.notify_all()
+        if self._parked:
+            self._wake()
+
     def _push(self, d: Delivery) -> None:
-        self._buffered.add(d.job_id)
+        if d.job_id:
+            self._buffered.add(d.job_id)
         heapq.heappush(self._queues.setdefault(d.queue, []), (-d.priority, d.order, d.tag, d))
 
     def _take_now(self, queues: Sequence[str], limit: int, owner: bytes | None) -> list[Delivery]:
@@ -240,7 +250,7 @@ class Hub:
             held = self._held.pop(tag, None)
             if held is not None and held[1].job_id not in self._buffered:
                 d = held[1]
-                self._push(Delivery(d.job_id, d.queue, d.priority, d.order, d.tag, True))
+                self._push(Delivery(d.job_id, d.queue, d.priority, d.order, d.tag, True, d.body))
                 n += 1
         return n
 
@@ -280,6 +290,7 @@ class Hub:
             pull = self._ctx.socket(zmq.PULL)
             sockets.append(pull)
             pull.setsockopt(zmq.RCVHWM, self.options.hwm)
+            pull.setsockopt(zmq.MAXMSGSIZE, MAX_PUSH)  # a larger push drops its connection
             pull.setsockopt(zmq.LINGER, 0)
             self.options.jobs.attach(pull)
             router: zmq.Socket[Any] | None = None
@@ -360,9 +371,11 @@ class Hub:
                 return
             try:
                 dispatches = decode_dispatches(frames)
-            except ValueError as exc:
-                self.counters.malformed += 1
-                log.error("dropped a malformed zmq:// delivery (%s): %r", exc, b"|".join(frames)[:200])
+            except ValueError:
+                # Not Conveyor's deliveries: a job message (or something to record as failed with
+                # the reason), which the pool process that takes it adds to the store.
+                self.counters.messages += 1
+                self.put_message(b"".join(frames))
                 continue
             self.counters.received += len(dispatches)
             self.put(dispatches)

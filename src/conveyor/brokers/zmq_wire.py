@@ -2,8 +2,14 @@
 
 A **push** (producer to worker, or through a streamer device) is one frame: a JSON array of
 deliveries, each ``[job_id, queue]`` or ``[job_id, queue, priority, order]``. A delivery names a
-job already written to the store; the job's arguments never travel. A frame that does not fit is
-dropped and counted; it never stops the worker.
+job already written to the store; the job's arguments never travel.
+
+Any other push is read as a **job message** of :mod:`~conveyor.brokers.wire` (a client in another
+language creating a job: ``{"task": ..., "args": [...], "kwargs": {...}, "queue": ...}``), carried
+on the queue it names (``default`` when it names none). The pool process that takes it adds the
+job to the store and runs it; one that does not fit the format (not JSON, wrong fields, over the
+size limit, several frames) is recorded as a ``failed`` job with the reason, and the worker goes on.
+Pushes over ``MAX_PUSH`` bytes are refused by ZeroMQ itself (the connection is dropped).
 
 An **event** (on the ``events`` PUB socket) is two frames: the topic ``job.<state>`` (subscribe to
 ``job.`` for all, ``job.succeeded`` for completions) and a JSON object: ``id``, ``queue`` (null when
@@ -22,10 +28,13 @@ import zmq
 from .records import Dispatch, Outcome
 from .transport import Delivery
 
-__all__ = ["Endpoint", "decode_deliveries", "decode_dispatches", "encode_deliveries", "encode_dispatches",
-           "outcome_event"]
+__all__ = ["MAX_PUSH", "Endpoint", "decode_deliveries", "decode_dispatches", "encode_deliveries",
+           "encode_dispatches", "message_queue", "outcome_event"]
 
 MAX_ID = 200  # longest job id or queue name accepted from the wire
+#: Largest push a worker reads (bytes): four times the default size limit of a job message.
+MAX_PUSH = 4 * 1_048_576
+DEFAULT_QUEUE = "default"
 
 
 @dataclass(slots=True, frozen=True)
@@ -86,16 +95,28 @@ def decode_dispatches(frames: Sequence[bytes]) -> list[Dispatch]:
     return out
 
 
+def message_queue(body: bytes) -> str:
+    """The queue a job message names (``default`` when it names none, or is not one)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return DEFAULT_QUEUE
+    queue = data.get("queue") if isinstance(data, dict) else None
+    return queue if isinstance(queue, str) and 0 < len(queue) <= MAX_ID else DEFAULT_QUEUE
+
+
 def encode_deliveries(request: int, deliveries: Sequence[Delivery], more: bool) -> bytes:
     """A hub's answer to a member's request (``more``: deliveries of those queues remain)."""
-    return orjson.dumps([request, [[d.job_id, d.queue, d.priority, d.order, d.tag, d.redelivered]
+    return orjson.dumps([request, [[d.job_id, d.queue, d.priority, d.order, d.tag, d.redelivered,
+                                    None if d.body is None else d.body.decode("latin-1")]
                                    for d in deliveries], more])
 
 
 def decode_deliveries(body: bytes) -> tuple[int, list[Delivery], bool]:
     """The request number, deliveries and ``more`` of a hub's answer."""
     request, items, more = orjson.loads(body)
-    return int(request), [Delivery(i[0], i[1], i[2], i[3], i[4], bool(i[5])) for i in items], bool(more)
+    return int(request), [Delivery(i[0], i[1], i[2], i[3], i[4], bool(i[5]),
+                                   None if i[6] is None else i[6].encode("latin-1")) for i in items], bool(more)
 
 
 def outcome_event(outcome: Outcome, queue: str | None) -> list[Any]:
