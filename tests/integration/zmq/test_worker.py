@@ -43,6 +43,7 @@ def events_until(sock: zmq.Socket[Any], ids: set[str], timeout: float = 30.0) ->
     return seen
 
 
+@pytest.mark.parametrize("store", ["sqlite", "redis", "postgres"], indirect=True)
 def test_a_worker_runs_pushed_jobs_and_publishes_their_events(project: Project, ports: tuple[int, int]) -> None:
     project.worker("-c", "2")
     sub = subscriber(f"tcp://127.0.0.1:{ports[1]}")

@@ -25,6 +25,7 @@ from conveyor import Conveyor
 from conveyor.testing import require_service, wait_for
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 
 TASKS = '''\
 import os
@@ -76,9 +77,22 @@ def free_port() -> int:
 
 
 def store_url(kind: str, folder: Path) -> str:
-    """A SQLite file in ``folder``, or a Redis database 15 key prefix of its own."""
+    """A SQLite file in ``folder``, a Redis database 15 key prefix of its own, or a PostgreSQL
+    schema of its own (migrated here, as ``conveyor migrate`` would)."""
     if kind == "sqlite":
         return f"sqlite:///{folder}/jobs.db"
+    if kind == "postgres":
+        require_service(POSTGRES_URL, "PostgreSQL")
+        from conveyor.brokers.postgres import PostgresBroker
+
+        separator = "&" if "?" in POSTGRES_URL else "?"
+        url = f"{POSTGRES_URL}{separator}schema=zmq_it_{uuid_utils.uuid7().hex[-16:]}"
+        store = PostgresBroker(url)
+        try:
+            store.migrate()
+        finally:
+            store.close()
+        return url
     require_service(REDIS_URL, "Redis")
     separator = "&" if "?" in REDIS_URL else "?"
     return f"{REDIS_URL}{separator}prefix=zmq-it-{uuid_utils.uuid7().hex}"
@@ -181,11 +195,11 @@ class Project:
             proc.kill()
             proc.wait(10)
         self.app.close()
-        if self.store.startswith("redis"):
-            from conveyor.brokers.redis import RedisBroker
+        if not self.store.startswith("sqlite"):  # a Redis prefix or a PostgreSQL schema of its own
+            from conveyor.brokers.registry import broker_class
 
-            store = RedisBroker(self.store)
+            store = broker_class(self.store)(self.store)
             try:
-                store.drop()
+                store.drop()  # type: ignore[attr-defined]
             finally:
                 store.close()
