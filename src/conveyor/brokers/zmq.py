@@ -67,6 +67,9 @@ HUBS_ENV = "CONVEYOR_ZMQ_HUBS"
 #: For this long after the hub answered that nothing more waited for some queues, a pool process
 #: does not ask it again without waiting (the next wait is answered as soon as a push arrives).
 DRAINED_FOR = 0.005
+#: Most deliveries a worker's own sends (its maintenance sending the outbox) put in its buffer;
+#: the outbox keeps the rest until there is room.
+LOCAL_MOST = 100_000
 #: Most deliveries per pushed message.
 PUSH_BATCH = 1000
 _OPTIONS = {"bind", "pull", "events", "hwm", "buffer", "send_timeout", "resend_after"}
@@ -300,6 +303,8 @@ class ZMQTransport(Transport):
         self._check_fork()
         hub = self._local_hub()
         if hub is not None:
+            if hub.depth() >= LOCAL_MOST:
+                raise BrokerError(f"this worker's zmq:// buffer holds {LOCAL_MOST} deliveries already")
             hub.put(dispatches)
             return
         with self._send_lock:

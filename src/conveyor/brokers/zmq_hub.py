@@ -53,8 +53,6 @@ TICK = 0.2
 HUNGRY_FOR = 1.5
 #: How often a hungry hub looks for lost deliveries in the store, at most (seconds).
 LOOK_EVERY = 1.0
-#: Most jobs one look for lost deliveries takes.
-RESEND_MOST = 1000
 #: Queued jobs read per page when the hub looks for lost deliveries.
 STEAL_PAGE = 500
 
@@ -498,11 +496,11 @@ class Hub:
 
     def _stale_queued(self, queues: list[str]) -> list[Dispatch]:
         """Jobs of ``queues`` queued in the store since over ``resend_after`` seconds ago (at most
-        ``RESEND_MOST`` a look). A job queued since then was created before then, so the store's
+        ``buffer`` a look). A job queued since then was created before then, so the store's
         search narrows by creation time and the hand-back time is checked here."""
         assert self.store is not None
         older_than = self.store.clock() - self.options.resend_after
-        most = min(self.options.buffer, RESEND_MOST)
+        most = self.options.buffer
         out: list[Dispatch] = []
         paused = self.store.paused_queues()
         for queue in queues:
