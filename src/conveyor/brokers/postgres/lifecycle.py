@@ -6,17 +6,27 @@ arrays (``unnest``), so a batch costs one round trip whatever its size.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
+from psycopg.rows import dict_row
 
 from ..memory import LOST_LEASE
-from ..records import ExtendResult, Lease, Message, Outcome
+from ..records import TERMINAL_STATES, ExtendResult, JobRecord, Lease, Message, Outcome
+from ..store import JobStore
 
 if TYPE_CHECKING:
     from ..records import Clock
+
+
+#: Batches of at least this many key-less messages are written with COPY (fewer: one INSERT).
+COPY_MIN = 16
+_COPY_TYPES = ["text", "text", "text", "text", "int4", "bytea", "int4", "float8", "float8", "float8", "float8"]
 
 
 def insert_params(messages: Sequence[Message], now: float) -> dict[str, list[Any]]:
@@ -73,12 +83,46 @@ class PostgresLifecycle:
         def _exec(self, name: str, params: dict[str, Any] | None = None, *, fetch: str = "all") -> Any: ...
         def _wait_notify(self, queues: Sequence[str], timeout: float) -> bool: ...
         def _trim_changes(self) -> None: ...
+        def _waits(self) -> Waits: ...
+        def get(self, job_id: str) -> JobRecord | None: ...
+        @staticmethod
+        def _record(row: dict[str, Any]) -> JobRecord: ...
+        notify: bool
+        async_acks: bool
 
     def enqueue(self, messages: Sequence[Message]) -> list[str]:
         if not messages:
             return []
         now = self.clock()
+        if len(messages) == 1:
+            return self._run(lambda conn: self._insert_one(conn, messages[0], now))  # type: ignore[no-any-return]
+        if len(messages) >= COPY_MIN and all(m.key is None for m in messages):
+            return self._run(lambda conn: self._copy(conn, messages, now))  # type: ignore[no-any-return]
         return self._run(lambda conn: insert_jobs(conn, self.q, messages, now))  # type: ignore[no-any-return]
+
+    def _insert_one(self, conn: psycopg.Connection[Any], m: Message, now: float) -> list[str]:
+        scheduled = m.run_at is not None and m.run_at > now
+        row = conn.execute(self.q["insert_one"], {
+            "id": m.id, "task": m.task, "queue": m.queue, "state": "scheduled" if scheduled else "queued",
+            "priority": m.priority, "payload": m.payload, "key": m.key, "max_attempts": m.max_attempts,
+            "timeout": m.timeout, "created_at": m.created_at or now, "run_at": m.run_at if scheduled else now,
+            "updated_at": now}).fetchone()
+        if row is not None:
+            return [m.id]
+        return insert_jobs(conn, self.q, [m], now)  # a duplicate: which job holds its key
+
+    def _copy(self, conn: psycopg.Connection[Any], messages: Sequence[Message], now: float) -> list[str]:
+        try:
+            with conn.cursor() as cur, cur.copy(self.q["copy"]) as copy:
+                copy.set_types(_COPY_TYPES)
+                write = copy.write_row
+                for m in messages:
+                    scheduled = m.run_at is not None and m.run_at > now
+                    write((m.id, m.task, m.queue, "scheduled" if scheduled else "queued", m.priority, m.payload,
+                           m.max_attempts, m.timeout, m.created_at or now, m.run_at if scheduled else now, now))
+        except psycopg.errors.UniqueViolation:  # a retried batch (or a reused id): row by row, as INSERT does
+            return insert_jobs(conn, self.q, messages, now)
+        return [m.id for m in messages]
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
         if limit <= 0 or not queues:
@@ -87,7 +131,7 @@ class PostgresLifecycle:
         params = {"queues": list(queues), "limit": limit, "deadline": now + lease, "consumer": consumer, "now": now}
 
         def work(conn: psycopg.Connection[Any]) -> list[Any]:
-            with conn.pipeline():  # promote and claim: one round trip
+            with conn.pipeline(), self._lifecycle_tx(conn):  # promote and claim: one round trip
                 conn.execute(self.q["promote"], {"now": now})
                 claimed = conn.execute(self.q["claim"], params)
                 due = conn.execute(self.q["next_due"])
@@ -108,6 +152,40 @@ class PostgresLifecycle:
         if timeout > 0:
             self._wait_notify(queues, timeout)
 
+    def wait_for(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """Block until the job ends: the job is listed in ``conveyor_waiters``, whose rows the jobs
+        table's trigger NOTIFYs (payload: the job's id) when they end; a re-read every 50 ms to
+        1 s covers a notification missed (a job that ended while this wait was being registered)."""
+        waits = self._waits() if self.notify else None
+        if waits is None or not waits.listening():
+            polled: JobRecord | None = JobStore.wait_for(self, job_id, timeout)  # type: ignore[arg-type]
+            return polled
+        deadline = None if timeout is None else time.monotonic() + timeout
+        now = self.clock()
+        done, waits.done = waits.done, []
+
+        def register(conn: psycopg.Connection[Any]) -> JobRecord | None:
+            with conn.pipeline():
+                if done:  # the previous waits' rows, removed in this same round trip
+                    conn.execute(self.q["wait_off"], {"ids": done, "stale": now - 3600.0})
+                conn.execute(self.q["wait_on"], {"id": job_id, "now": now})
+                cur = conn.cursor(row_factory=dict_row)
+                cur.execute(self.q["get"], {"id": job_id})
+            row = cur.fetchone()
+            return self._record(row) if row else None
+
+        record: JobRecord | None = self._run(register)
+        waits.done.append(job_id)
+        pause = 0.05
+        while record is not None and record.state not in TERMINAL_STATES:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            if not waits.wait(job_id, pause if left is None else min(pause, left)):
+                pause = min(pause * 2, 1.0)
+            record = self.get(job_id)
+        return record
+
     def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
@@ -125,7 +203,7 @@ class PostgresLifecycle:
 
         def work(conn: psycopg.Connection[Any]) -> set[tuple[str, int]]:
             accepted: set[tuple[str, int]] = set()
-            with conn.pipeline():
+            with conn.pipeline(), self._lifecycle_tx(conn):
                 done = conn.execute(self.q["succeed"], succeed) if wins else None
                 cursors = [(o, conn.execute(*self._settle(o, now))) for o in others]
             if done is not None:
@@ -136,6 +214,14 @@ class PostgresLifecycle:
 
         accepted = self._run(work)
         return [ok and (o.job_id, o.token) in accepted for o, ok in zip(outcomes, first)]
+
+    def _lifecycle_tx(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """With ``async_acks``: one transaction whose commit does not wait for the WAL flush (in the
+        same round trip as its statements); else nothing (each statement commits by itself)."""
+        if not self.async_acks:
+            return nullcontext()
+        tx = conn.transaction()
+        return _AsyncCommit(conn, tx)
 
     def _settle(self, o: Outcome, now: float) -> tuple[Any, dict[str, Any]]:
         error = orjson.dumps(o.error).decode() if o.error is not None else None
@@ -193,5 +279,81 @@ class PostgresLifecycle:
         return n
 
     def release(self, consumer: str, reason: str) -> int:
-        return self._lose("consumer = %(consumer)s", {"consumer": consumer},
+        return self._lose("lease_until IS NOT NULL AND consumer = %(consumer)s", {"consumer": consumer},
                           {"type": "WorkerLost", "message": reason})
+
+
+class Waits:
+    """The LISTEN connection of the clients waiting in :meth:`PostgresLifecycle.wait_for` (one per
+    process, shared by its threads: whoever holds the lock reads the notifications for all)."""
+
+    def __init__(self, conninfo: str, channel: str) -> None:
+        self.conninfo, self.channel = conninfo, channel
+        self.lock = threading.Lock()
+        self.conn: psycopg.Connection[Any] | None = None
+        self.ended: set[str] = set()  # ids (and queue names) notified while another thread read
+        self.done: list[str] = []  # ids whose waiter rows the next registration removes
+
+    def listening(self) -> bool:
+        with self.lock:
+            return self._connect() is not None
+
+    def _connect(self) -> psycopg.Connection[Any] | None:
+        if self.conn is not None and not self.conn.closed:
+            return self.conn
+        try:
+            conn = psycopg.connect(self.conninfo, autocommit=True)
+            conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self.channel)))
+        except psycopg.OperationalError:
+            return None
+        self.conn = conn
+        return conn
+
+    def wait(self, job_id: str, timeout: float) -> bool:
+        """Up to ``timeout`` for the job's notification; True when it came (or the connection was
+        lost: look now). The lock is taken in slices of 50 ms, so threads take turns."""
+        end = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if job_id in self.ended:
+                    self.ended.discard(job_id)
+                    return True
+                conn = self._connect()
+                if conn is None:
+                    time.sleep(max(0.0, min(end - time.monotonic(), 0.05)))
+                    return False
+                try:
+                    for note in conn.notifies(timeout=max(0.0, min(end - time.monotonic(), 0.05))):
+                        if note.payload == job_id:
+                            return True
+                        if len(self.ended) > 10000:
+                            self.ended.clear()
+                        self.ended.add(note.payload)
+                except psycopg.OperationalError:
+                    self.close()
+                    return True
+            if time.monotonic() >= end:
+                return False
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg.Error:
+                pass
+            self.conn = None
+
+
+class _AsyncCommit:
+    """``conn.transaction()`` that first sets ``synchronous_commit = off`` for itself."""
+
+    def __init__(self, conn: psycopg.Connection[Any], tx: Any) -> None:
+        self.conn, self.tx = conn, tx
+
+    def __enter__(self) -> Any:
+        entered = self.tx.__enter__()
+        self.conn.execute("SET LOCAL synchronous_commit = off")
+        return entered
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.tx.__exit__(*exc)

@@ -10,6 +10,11 @@ plus Conveyor's own options, which are taken out before the URL reaches libpq:
 * ``poll`` (seconds; default 5 with notify, 0.25 without): how often an idle consumer looks anyway.
 * ``pool`` (default 4): most connections of one process.
 * ``prepare`` (``1``/``0``, default 1): server-side prepared statements (off for old PgBouncers).
+* ``async_acks`` (``1``/``0``, default 0): a worker's claims and acks commit without waiting for
+  their WAL flush (``SET LOCAL synchronous_commit = off`` in those transactions only). A crash of
+  the *server* (not of a worker) can forget the last few hundred milliseconds of them: those jobs
+  are leased or run again (at-least-once still holds, a result already read may be recorded once
+  more). Enqueues, ``enqueue(connection=...)`` and ``current_job().transaction()`` stay durable.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ...config import redact_url
 from ...errors import BrokerError
 from ..named import read_blocks
+from .lifecycle import Waits
 
 log = logging.getLogger("conveyor.brokers.postgres")
 
 T = TypeVar("T")
-_OPTIONS = {"schema", "notify", "poll", "pool", "prepare"}
+_OPTIONS = {"schema", "notify", "poll", "pool", "prepare", "async_acks"}
 _QUERIES = read_blocks(__package__, "queries.sql")
 
 
@@ -69,6 +75,7 @@ class PostgresLink:
         try:
             self.notify = _flag(options.get("notify", "1"), "notify")
             self.prepare = _flag(options.get("prepare", "1"), "prepare")
+            self.async_acks = _flag(options.get("async_acks", "0"), "async_acks")
             self.poll_interval = float(options.get("poll", 5.0 if self.notify else 0.25))
             self.pool_size = int(options.get("pool", 4))
         except ValueError as exc:
@@ -85,6 +92,7 @@ class PostgresLink:
         self._listener: psycopg.Connection[Any] | None = None
         self._listen_lock = threading.Lock()
         self._woken = False
+        self._waits_of: tuple[int, Waits] | None = None  # (pid, the LISTEN connection of Job.result())
 
     # -- connections -------------------------------------------------------------------------
     def _connect_kwargs(self) -> dict[str, Any]:
@@ -121,6 +129,21 @@ class PostgresLink:
                 except psycopg.Error:
                     pass
             self._listener = None
+        waits = self._waits_of
+        self._waits_of = None
+        if waits is not None and waits[0] == os.getpid():
+            with waits[1].lock:
+                waits[1].close()
+
+    def _waits(self) -> Waits:
+        """The waiters' LISTEN connection of this process (made on first use; never crosses fork())."""
+        waits = self._waits_of
+        if waits is None or waits[0] != os.getpid():
+            with self._pool_lock:
+                waits = self._waits_of
+                if waits is None or waits[0] != os.getpid():
+                    waits = self._waits_of = (os.getpid(), Waits(self.conninfo, self.channel))
+        return waits[1]
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """``work(connection)`` on a pooled connection (autocommit: each statement commits, unless
@@ -180,10 +203,15 @@ class PostgresLink:
         ``queues``; True when one came. Without a LISTEN connection this is a poll's sleep."""
         wait = min(timeout, self.poll_interval)
         with self._listen_lock:
+            fresh = self._listener is None or self._listener.closed
             conn = self._listen()
             if conn is None:
                 time.sleep(wait)
                 return False
+            if fresh:
+                # LISTEN starts now: a job enqueued since the caller's last look woke nobody, so
+                # look again at once (a new consumer's first idle moment used to sleep `timeout`).
+                return True
             wanted = set(queues)
             try:
                 for note in conn.notifies(timeout=max(wait, 0.0)):

@@ -12,6 +12,28 @@ SELECT * FROM unnest(%(id)s::text[], %(task)s::text[], %(queue)s::text[], %(stat
 ON CONFLICT DO NOTHING
 RETURNING id
 
+-- name: insert_one
+-- The insert of one message (single enqueue), without the arrays.
+INSERT INTO {s}.conveyor_jobs (id, task, queue, state, priority, payload, key, max_attempts, timeout,
+                               created_at, run_at, updated_at)
+VALUES (%(id)s, %(task)s, %(queue)s, %(state)s, %(priority)s, %(payload)s, %(key)s, %(max_attempts)s,
+        %(timeout)s, %(created_at)s, %(run_at)s, %(updated_at)s)
+ON CONFLICT DO NOTHING
+RETURNING id
+
+-- name: copy
+-- A batch without keys: COPY, the cheapest bulk load (the statement triggers fire as for INSERT). A
+-- retried batch whose rows exist already fails on the id and goes through "insert" instead.
+COPY {s}.conveyor_jobs (id, task, queue, state, priority, payload, max_attempts, timeout,
+                        created_at, run_at, updated_at) FROM STDIN (FORMAT BINARY)
+
+-- name: wait_on
+-- Job.result(): NOTIFY me (payload: the job's id) when this job ends.
+INSERT INTO {s}.conveyor_waiters (job_id, since) VALUES (%(id)s, %(now)s) ON CONFLICT (job_id) DO NOTHING
+
+-- name: wait_off
+DELETE FROM {s}.conveyor_waiters WHERE job_id = ANY(%(ids)s::text[]) OR since < %(stale)s
+
 -- name: existing
 -- For rows the insert skipped: the row itself (a retried batch), else the active job holding its key.
 SELECT u.id, coalesce(j.id, k.id)
@@ -91,7 +113,8 @@ FROM unnest(%(id)s::text[], %(token)s::bigint[], %(at)s::float8[]) AS u(id, toke
 WHERE j.id = u.id AND j.token = u.token AND j.state = 'running'
 
 -- name: reserved
-SELECT queue, count(*) FROM {s}.conveyor_jobs WHERE state = 'running' AND started_at IS NULL GROUP BY queue
+SELECT queue, count(*) FROM {s}.conveyor_jobs
+WHERE state = 'running' AND lease_until IS NOT NULL AND started_at IS NULL GROUP BY queue
 
 -- name: extend
 UPDATE {s}.conveyor_jobs j SET lease_until = %(deadline)s
