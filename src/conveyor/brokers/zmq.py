@@ -33,6 +33,7 @@ when its lease expires, and a delivery lost before its claim is resent by a hung
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import logging
@@ -88,7 +89,15 @@ def _context() -> zmq.Context[Any]:
         if ctx is None:
             _contexts.clear()
             ctx = _contexts[pid] = zmq.Context()
+            atexit.register(_flush_at_exit, pid)
         return ctx
+
+
+def _flush_at_exit(pid: int) -> None:
+    """At exit, give pushes still queued up to a second to leave (``conveyor enqueue``, scripts)."""
+    ctx = _contexts.get(pid)
+    if ctx is not None and pid == os.getpid():
+        ctx.destroy(linger=1000)
 
 
 class ZMQOptions:
@@ -269,11 +278,12 @@ class ZMQTransport(Transport):
         ``conveyor worker`` calls it before starting its pool; ``close()`` the result to stop.
         Raises BrokerError when the address cannot be bound."""
         self._check_fork()
+        jobs = self.options.jobs  # a ConfigError when the URL does not say where to listen
         store = None
         if broker is not None:
             store = broker.store.fork()
         folder = tempfile.mkdtemp(prefix="conveyor-zmq-")
-        hub = Hub(HubOptions(jobs=self.options.jobs, members=f"ipc://{folder}/members",
+        hub = Hub(HubOptions(jobs=jobs, members=f"ipc://{folder}/members",
                              events=self.options.events, hwm=self.options.hwm, buffer=self.options.buffer,
                              resend_after=self.options.resend_after), store)
         try:

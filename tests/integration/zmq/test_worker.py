@@ -30,7 +30,7 @@ def subscriber(address: str, topic: bytes = b"job.") -> zmq.Socket[Any]:
 Seen = dict[str, tuple[bytes, dict[str, Any]]]
 
 
-def events_until(sock: zmq.Socket[Any], ids: set[str], timeout: float = 30.0) -> Seen:
+def events_until(sock: zmq.Socket[Any], ids: set[str], timeout: float = 60.0) -> Seen:
     """Events read from ``sock`` until each of ``ids`` has one (the last one per job is kept)."""
     seen: Seen = {}
     deadline = time.monotonic() + timeout
@@ -51,7 +51,7 @@ def test_a_worker_runs_pushed_jobs_and_publishes_their_events(project: Project, 
     jobs = [j for i in range(0, 300, 100) for j in add.enqueue_many([(k, 1) for k in range(i, i + 100)])]
     jobs += [add.enqueue(1000 + i, 1) for i in range(20)]
     try:
-        assert [j.result(timeout=30) for j in jobs] == [k + 1 for k in range(300)] + [1001 + i for i in range(20)]
+        assert [j.result(timeout=60) for j in jobs] == [k + 1 for k in range(300)] + [1001 + i for i in range(20)]
         events = events_until(sub, {j.id for j in jobs})
     finally:
         sub.close()
