@@ -54,6 +54,17 @@ QUIET = 0.02  # a fetch that has less than it asked waits this long for one more
 SETTLE_MAX = 0.2  # ... but no longer than this in all (just subscribed)
 
 
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", ":": "\\c", "\r": "\\r"})
+
+
+def _frame(command: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    """One STOMP 1.2 frame (header values escaped; ``content-length`` given with a body)."""
+    lines = [command, *(f"{k}:{str(v).translate(_ESCAPES)}" for k, v in headers.items())]
+    if body:
+        lines.append(f"content-length:{len(body)}")
+    return ("\n".join(lines) + "\n\n").encode() + body + b"\x00"
+
+
 class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
     """stomp.py's receiver thread tells the transport what came, for one connection (generation)."""
 
@@ -279,15 +290,17 @@ class STOMPTransport(Transport):
                 try:
                     conn = self._connection()
                     receipts = set()
+                    frames = []
                     for d in dispatches:
                         receipt = f"s{next(self._ids)}"
                         receipts.add(receipt)
-                        headers = {"persistent": "true", "receipt": receipt, **self._queue_headers}
+                        headers = {"destination": self.destination(d.queue), "content-type": "application/json",
+                                   "persistent": "true", "receipt": receipt, **self._queue_headers}
                         if self.max_priority:
                             headers["priority"] = str(max(0, min(self.max_priority,
                                                                  d.priority + (self.max_priority + 1) // 2)))
-                        conn.send(self.destination(d.queue), dispatch_body(d), content_type="application/json",
-                                  headers=headers)
+                        frames.append(_frame("SEND", headers, dispatch_body(d)))
+                    conn.transport.send(b"".join(frames))  # the batch in one write, not one per frame
                     self._wait_receipts(receipts, RECEIPT_TIMEOUT)
                     return
                 except BrokerError:
@@ -404,8 +417,9 @@ class STOMPTransport(Transport):
             time.sleep(min(left, max(0.01, self._retry_at - time.monotonic())))
 
     def _nack(self, conn: Any, deliveries: Sequence[Delivery]) -> None:
-        for ack in self._held(deliveries):
-            conn.nack(ack, requeue="true")
+        held = self._held(deliveries)
+        if held:
+            conn.transport.send(b"".join(_frame("NACK", {"id": ack, "requeue": "true"}) for ack in held))
 
     def _held(self, deliveries: Sequence[Delivery]) -> list[str]:
         """The ack ids of ``deliveries`` still held on this connection, now released."""
@@ -427,8 +441,9 @@ class STOMPTransport(Transport):
             if self._conn is None:
                 return
             try:
-                for ack in self._held(deliveries):
-                    self._conn.ack(ack)
+                held = self._held(deliveries)
+                if held:  # one write for the batch (STOMP acks one message per frame)
+                    self._conn.transport.send(b"".join(_frame("ACK", {"id": ack}) for ack in held))
             except Exception as exc:
                 self._lost(str(exc) or type(exc).__name__)
 

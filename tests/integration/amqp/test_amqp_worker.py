@@ -3,7 +3,9 @@ CLI reads them from the store, ``conveyor doctor`` checks RabbitMQ, quorum queue
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 from transport_support import CONVEYOR, Project, project_of
@@ -58,3 +60,17 @@ def test_quorum_queues(tmp_path: Path) -> None:
         assert [name, "quorum"] in [line.split() for line in listed.splitlines()], listed
         doctor = project.cli("doctor", "tasks:app")
         assert "ok   quorum queues supported" in doctor.stdout, doctor.stdout
+
+
+def test_the_example_runs() -> None:
+    from transport_support import AMQP_URL
+
+    from conveyor.testing import require_service
+
+    require_service(AMQP_URL, "RabbitMQ")
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, str(root / "examples" / "amqp_shop.py")], capture_output=True, text=True,
+                          timeout=120, cwd=root, env={**os.environ, "AMQP_URL": AMQP_URL})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "from another language: order 1003 shipped by post" in done.stdout
+    assert "dead letter" in done.stdout and "MalformedMessage" in done.stdout

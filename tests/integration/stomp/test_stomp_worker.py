@@ -4,6 +4,7 @@ store: it runs jobs, retries, and ``conveyor doctor`` checks the plugin."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from transport_support import CONVEYOR, Project
@@ -37,3 +38,16 @@ def test_doctor_says_to_turn_the_plugin_on_when_nothing_answers(tmp_path: Path) 
                           timeout=60)
     assert done.returncode == 1
     assert "FAIL STOMP server reachable" in done.stdout
+
+
+def test_the_example_runs() -> None:
+    from transport_support import STOMP_URL
+
+    from conveyor.testing import require_service
+
+    require_service(STOMP_URL, "RabbitMQ's STOMP plugin")
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, str(root / "examples" / "stomp_orders.py")], capture_output=True,
+                          text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "from plain STOMP frames: invoice for order 7002: 42.00 EUR (attempts: 1)" in done.stdout
