@@ -1,5 +1,11 @@
-"""The PostgreSQL store's connections: the URL, a psycopg_pool pool per process, one retry after a
-lost connection (said in one log line), and the LISTEN connection that wakes idle consumers.
+"""The PostgreSQL store's connections: the URL, a psycopg_pool pool per process, a retry after a
+lost connection, and the LISTEN connection that wakes idle consumers.
+
+Connections lost together (the server restarted, an administrator ran ``pg_terminate_backend``)
+are one incident: the first loss says so in one log line per process, the pool's other dead
+connections are checked out at once instead of failing one statement each, and psycopg's own
+warnings about Conveyor's connections are not repeated. Connections say
+``application_name=conveyor`` (in ``pg_stat_activity``) unless the URL names another.
 
 URL: ``postgresql://user:password@host:5432/dbname`` (anything libpq takes, e.g. ``?sslmode=``),
 plus Conveyor's own options, which are taken out before the URL reaches libpq:
@@ -23,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -30,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...config import redact_url
@@ -42,6 +50,9 @@ log = logging.getLogger("conveyor.brokers.postgres")
 T = TypeVar("T")
 _OPTIONS = {"schema", "notify", "poll", "pool", "prepare", "async_acks"}
 _QUERIES = read_blocks(__package__, "queries.sql")
+_POOL_NAME = "conveyor"
+#: Losses closer together than this (seconds) are one incident: said once.
+QUIET_AFTER_LOSS = 10.0
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -96,7 +107,10 @@ class PostgresLink:
 
     # -- connections -------------------------------------------------------------------------
     def _connect_kwargs(self) -> dict[str, Any]:
-        return {"autocommit": True, "prepare_threshold": 5 if self.prepare else None}
+        kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": 5 if self.prepare else None}
+        if "application_name" not in conninfo_to_dict(self.conninfo):
+            kwargs["application_name"] = "conveyor"
+        return kwargs
 
     def _pool_now(self) -> ConnectionPool:
         pool = self._pool
@@ -106,9 +120,10 @@ class PostgresLink:
             if self._pool is not None and self._pool_pid == os.getpid():
                 return self._pool
             # A pool (its connections and threads) never crosses fork(): a child makes its own.
+            _LOSSES.install()
             pool = ConnectionPool(self.conninfo, min_size=1, max_size=self.pool_size, open=False,
-                                  kwargs=self._connect_kwargs(), name="conveyor", timeout=10.0,
-                                  reconnect_timeout=0)
+                                  kwargs=self._connect_kwargs(), name=_POOL_NAME, timeout=10.0,
+                                  reconnect_timeout=0, configure=_LOSSES.ours.add)
             try:
                 pool.open(wait=True, timeout=10.0)
             except PoolTimeout as exc:
@@ -147,15 +162,15 @@ class PostgresLink:
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """``work(connection)`` on a pooled connection (autocommit: each statement commits, unless
-        ``work`` opens a transaction). A lost connection is retried once on a new one, and said."""
-        for attempt in (1, 2):
+        ``work`` opens a transaction). A lost connection is retried on a new one (see ``_lost``)."""
+        for attempt in (1, 2, 3):
             try:
                 with self._pool_now().connection() as conn:
                     return work(conn)
             except psycopg.OperationalError as exc:
-                if attempt == 2 or not _is_lost(exc):
+                if attempt == 3 or not _is_lost(exc):
                     raise BrokerError(f"PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
-                log.warning("PostgreSQL connection lost (%s); reconnecting", _cause(exc))
+                self._lost(exc)
             except PoolTimeout as exc:
                 raise BrokerError(f"PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
         raise AssertionError("unreachable")
@@ -174,6 +189,17 @@ class PostgresLink:
 
         return self._run(work)
 
+    def _lost(self, exc: BaseException) -> None:
+        """A connection died: say so (once per incident), and check the pool's idle connections
+        now, so that those lost with it are replaced instead of failing one statement each."""
+        _LOSSES.said(self.url, exc)
+        pool = self._pool
+        if pool is not None and self._pool_pid == os.getpid():
+            try:
+                pool.check()
+            except (psycopg.Error, PoolTimeout):
+                pass  # the server is gone: the next statement says so
+
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection (for statements that must commit together)."""
@@ -189,11 +215,11 @@ class PostgresLink:
         if self._listener is not None and not self._listener.closed:
             return self._listener
         try:
-            conn = psycopg.connect(self.conninfo, autocommit=True)
+            conn = psycopg.connect(self.conninfo, **self._connect_kwargs())
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
         except psycopg.OperationalError as exc:
-            log.warning("PostgreSQL LISTEN connection failed (%s); polling every %gs", _cause(exc),
-                        self.poll_interval)
+            # Polled meanwhile; said once per incident (the pool's connections fail alike).
+            _LOSSES.said(self.url, exc)
             return None
         self._listener = conn
         return conn
@@ -218,13 +244,60 @@ class PostgresLink:
                     if note.payload in wanted:
                         return True
             except psycopg.OperationalError as exc:
-                log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", _cause(exc))
+                self._lost(exc)
                 try:
                     conn.close()
                 finally:
                     self._listener = None
                 return True  # look at the queue now: notifications may have been missed
             return False
+
+
+class _Losses:
+    """Lost connections of this process's stores, said in one log line per incident: a loss within
+    :data:`QUIET_AFTER_LOSS` seconds of the previous one is part of the same incident. Also keeps
+    psycopg's own warnings about these connections (one per connection discarded, per pipeline
+    ended, per failed reconnection) out of the log: this line says it once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last = -QUIET_AFTER_LOSS
+        self.ours: weakref.WeakSet[Any] = weakref.WeakSet()  # the pooled connections
+        self.installed = False
+
+    def said(self, url: str, exc: BaseException) -> None:
+        with self.lock:
+            now = time.monotonic()
+            new = now - self.last >= QUIET_AFTER_LOSS
+            self.last = now
+        if new:
+            log.warning("lost the connection(s) to PostgreSQL at %s (%s); reconnecting (further losses "
+                        "within %gs are this incident)", redact_url(url), _cause(exc), QUIET_AFTER_LOSS)
+
+    def install(self) -> None:
+        """Filter psycopg's warnings about Conveyor's connections (once per process)."""
+        with self.lock:
+            if not self.installed:
+                self.installed = True
+                for name in ("psycopg", "psycopg.pool"):
+                    logging.getLogger(name).addFilter(self._not_ours)
+
+    def _not_ours(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING or not isinstance(record.args, tuple):
+            return True
+        for arg in record.args:
+            if arg == _POOL_NAME:  # "error connecting in 'conveyor'", "reconnection attempt in pool 'conveyor'"
+                return False
+            conn = getattr(arg, "_conn", arg)  # a pipeline names its connection
+            try:
+                if conn in self.ours:
+                    return False
+            except TypeError:  # not weakly referenceable: not one of ours
+                pass
+        return True
+
+
+_LOSSES = _Losses()
 
 
 def _is_lost(exc: psycopg.OperationalError) -> bool:

@@ -42,8 +42,12 @@ LEFT JOIN {s}.conveyor_jobs j ON j.id = u.id
 LEFT JOIN {s}.conveyor_jobs k ON k.key = u.key AND k.state IN ('queued', 'scheduled', 'running')
 
 -- name: promote
-UPDATE {s}.conveyor_jobs SET state = 'queued', updated_at = %(now)s
-WHERE state = 'scheduled' AND run_at <= %(now)s
+-- In seq order, skipping rows another claimer is promoting: claimers promoting at once never
+-- deadlock (each waiting for a row the other locked first); the skipped rows are queued by it.
+UPDATE {s}.conveyor_jobs j SET state = 'queued', updated_at = %(now)s
+FROM (SELECT seq FROM {s}.conveyor_jobs WHERE state = 'scheduled' AND run_at <= %(now)s
+      ORDER BY seq FOR UPDATE SKIP LOCKED) due
+WHERE j.seq = due.seq
 
 -- name: next_due
 SELECT min(run_at) FROM {s}.conveyor_jobs WHERE state = 'scheduled'
@@ -129,7 +133,12 @@ WHERE id = %(id)s AND token = %(token)s AND state = 'running'
 -- name: lose
 -- Back to the queue; failed when out of attempts; cancelled when its cancellation was requested;
 -- succeeded when its transaction committed its success (the process died after the commit).
-UPDATE {s}.conveyor_jobs
+-- Rows locked by another statement (a late ack, another supervisor's recover) are skipped, not
+-- waited for in whatever order: two of them at once never deadlock; a skipped row is left to it.
+WITH gone AS (
+    SELECT seq FROM {s}.conveyor_jobs WHERE state = 'running' AND {where} ORDER BY seq FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.conveyor_jobs j
 SET state = CASE WHEN committed_at IS NOT NULL THEN 'succeeded' WHEN cancel_requested THEN 'cancelled'
                  WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
     error = CASE WHEN committed_at IS NULL AND NOT cancel_requested AND attempts >= max_attempts
@@ -141,7 +150,7 @@ SET state = CASE WHEN committed_at IS NOT NULL THEN 'succeeded' WHEN cancel_requ
     run_at = CASE WHEN committed_at IS NOT NULL OR cancel_requested OR attempts >= max_attempts THEN run_at
                   ELSE %(now)s END,
     updated_at = %(now)s, lease_until = NULL, consumer = NULL
-WHERE state = 'running' AND {where}
+FROM gone WHERE j.seq = gone.seq
 
 -- name: cancel
 -- Queued or scheduled: cancelled; running: cancellation requested. The state after, or no row.

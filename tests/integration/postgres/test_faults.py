@@ -1,0 +1,136 @@
+"""Faults of the PostgreSQL store with real ``conveyor worker`` processes on the real server (issue
+#12): random commits and rollbacks of transactional enqueues, kill -9 of pool processes under
+jobs that commit their effect with their success, every Conveyor connection terminated mid-run,
+and a schema that is missing or old. Each test has a schema of its own, dropped at teardown.
+(The concurrent claimers are in ``test_claimers.py``, the server stopped and started under load
+on a private cluster in ``test_server_restart.py``.)"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+
+import psycopg
+import pytest
+from pg_support import Project
+
+from conveyor.testing import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_rolled_back_enqueues_never_run_and_committed_ones_always_do(project: Project) -> None:
+    worker = project.worker("-c", "2", "--lease", "2")
+    project.wait_consumers(worker, 2)
+    effect = project.app.tasks["effect"]
+    rng = random.Random(12)
+    committed: list[str] = []
+    rolled_back: list[str] = []
+    with psycopg.connect(project.admin_url) as conn:  # not autocommit: every enqueue is in a transaction
+        for n in range(1000):
+            commit = rng.random() < 0.5
+            with conn.transaction(force_rollback=not commit):
+                conn.execute(f"INSERT INTO {project.quoted}.orders (n) VALUES (%s)", (n,))
+                if n % 10 == 0:
+                    job = project.app.enqueue("effect", args=[n], connection=conn)
+                else:
+                    job = effect.options(connection=conn).enqueue(n)
+            (committed if commit else rolled_back).append(job.id)
+    project.wait_succeeded(committed, 90.0)
+    time.sleep(1.0)  # were a rolled-back job to run, it would have had time to
+    effects = project.sql(f"SELECT job_id, count(*) FROM {project.quoted}.effects GROUP BY job_id")
+    assert dict(effects) == dict.fromkeys(committed, 1), "each committed job's effect, once; none of the others"
+    orders = project.sql(f"SELECT count(*) FROM {project.quoted}.orders")[0][0]
+    assert orders == len(committed)
+    assert project.app.broker.get_many(rolled_back).count(None) == len(rolled_back)
+    assert project.app.broker.counts() == {"default": {"succeeded": len(committed)}}
+    assert 400 < len(committed) < 600
+    assert "Traceback" not in worker.stderr()
+
+
+def test_a_counter_bumped_in_the_job_s_transaction_ends_exact_under_kill_9(project: Project) -> None:
+    # Four members, each killed in turn (the longest-lived first): a member that crashes again and
+    # again is restarted with a growing back-off, so the kills are spread over all of them.
+    worker = project.worker("-c", "4", "--lease", "1", "--prefetch", "4")
+    project.wait_consumers(worker, 4)
+    count = project.app.tasks["count"]
+    job_ids = [job.id for job in count.enqueue_many([(0.001,)] * 2000)]
+    started = time.monotonic()
+    kills = 0
+    next_kill = time.monotonic() + 1.0
+    while project.app.broker.counts().get("default", {}).get("succeeded", 0) < len(job_ids):
+        assert worker.alive(), worker.stderr()[-3000:]
+        if time.monotonic() >= next_kill:
+            next_kill += 1.0
+            children = worker.children()
+            if len(children) >= 2:  # the drain never stops altogether
+                min(children, key=lambda c: c.create_time()).kill()
+                kills += 1
+        assert kills < 120, f"not done after {kills} kills: {project.states(job_ids)}"
+        time.sleep(0.1)
+    assert kills >= 3, "the jobs finished before the pool processes could be killed"
+    assert project.sql(f"SELECT n FROM {project.quoted}.counter") == [(2000,)]
+    assert project.states(job_ids) == {"succeeded": 2000}
+    rerun = sum(1 for r in project.app.broker.get_many(job_ids) if r is not None and r.attempts > 1)
+    died = len(re.findall(r"died \(killed by signal 9\)", worker.stderr()))
+    print(f"{time.monotonic() - started:.1f}s, {kills} SIGKILLs ({died} seen by the supervisor); "
+          f"{rerun} job(s) ran more than once; the counter is exact")
+    assert died == kills
+    assert worker.alive()
+
+
+def _terminate(project: Project) -> int:
+    """pg_terminate_backend() of every connection of the project's processes (found by the
+    application_name its URL gives); how many there were."""
+    rows = project.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = %s AND pid <> pg_backend_pid()", (project.schema,))
+    return len(rows)
+
+
+def _said(worker_log: str) -> list[str]:
+    """The worker's lines about lost connections, and any psycopg wrote."""
+    return [line for line in worker_log.splitlines()
+            if "lost the connection(s) to PostgreSQL" in line or "psycopg" in line]
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_every_conveyor_connection_terminated_mid_run_loses_nothing(project: Project, pool: str) -> None:
+    worker = project.worker("-P", pool, "-c", "2", "--lease", "2")
+    project.wait_consumers(worker, 2)
+    members = sorted(c.pid for c in worker.children())
+    work = project.app.tasks["work"]
+    first = [job.id for job in work.enqueue_many([(i, 0.01) for i in range(600)])]
+    wait_for(lambda: len(project.ledger()) >= 200, 30.0, "100 jobs to run")
+    terminated = _terminate(project)
+    # Every process lost connections: the supervisor's, each member's (pool + LISTEN), this one's.
+    assert terminated >= (3 if pool == "thread" else 4)
+    second = [job.id for job in work.enqueue_many([(i, 0.01) for i in range(300)])]  # this process reconnects
+    project.wait_succeeded(first + second, 60.0)
+    processes = 1 if pool == "thread" else 3
+    log = worker.stderr()
+    said = _said(log)
+    assert len(said) == processes, said  # one line per process (the supervisor, each member)
+    assert len({re.search(r"\[(\d+)\]", line)[1] for line in said}) == processes  # type: ignore[index]
+    others = [line for line in log.splitlines() if line not in said and " INFO " not in line]
+    assert others == []  # no traceback, no failed fetch, ack or heartbeat
+    assert {r.attempts for r in project.app.broker.get_many(first + second) if r} == {1}  # none ran twice
+    assert sorted(c.pid for c in worker.children()) == members  # no member died
+
+
+def test_listening_connections_terminated_while_idle_are_back_at_once(project: Project) -> None:
+    worker = project.worker("-c", "1", "--lease", "2")
+    project.wait_consumers(worker, 1)
+    member = [c.pid for c in worker.children()]
+    job = project.app.enqueue("work", args=[1])
+    project.wait_succeeded([job.id], 10.0)
+    time.sleep(0.5)  # idle: the member waits on its LISTEN connection
+    assert _terminate(project) >= 3
+    sent = time.monotonic()
+    job = project.app.enqueue("work", args=[2])
+    project.wait_succeeded([job.id], 10.0)
+    assert time.monotonic() - sent < 2.0  # woken by its new LISTEN connection, not the 5 s poll
+    said = _said(worker.stderr())
+    assert len(said) == 2, said  # the supervisor and the member: one line each
+    assert [line for line in worker.stderr().splitlines() if line not in said and " INFO " not in line] == []
+    assert [c.pid for c in worker.children()] == member
