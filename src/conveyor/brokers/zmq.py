@@ -44,7 +44,6 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import zmq
@@ -54,7 +53,7 @@ from ..errors import BrokerError, ConfigError
 from .records import Check, Dispatch, Outcome
 from .transport import Delivery, Transport
 from .zmq_hub import Hub, HubOptions
-from .zmq_wire import Endpoint, decode_deliveries, encode_dispatches, outcome_event
+from .zmq_wire import ZMQOptions, decode_deliveries, encode_dispatches, outcome_event
 
 if TYPE_CHECKING:
     from .store import Broker
@@ -73,7 +72,6 @@ DRAINED_FOR = 0.005
 LOCAL_MOST = 100_000
 #: Most deliveries per pushed message.
 PUSH_BATCH = 1000
-_OPTIONS = {"bind", "pull", "events", "hwm", "buffer", "send_timeout", "resend_after"}
 
 _lock = threading.Lock()
 _hubs: dict[str, tuple[int, Hub]] = {}  # key -> (pid, hub): hubs running in this process
@@ -98,54 +96,6 @@ def _flush_at_exit(pid: int) -> None:
     ctx = _contexts.get(pid)
     if ctx is not None and pid == os.getpid():
         ctx.destroy(linger=1000)
-
-
-class ZMQOptions:
-    """The parsed ``zmq://`` URL (see the module docstring). Raises ConfigError when it is wrong."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "zmq":
-            raise ConfigError(f"not a zmq:// URL: {url!r}")
-        if parts.netloc:
-            self.push = [f"tcp://{host.strip()}" for host in parts.netloc.split(",") if host.strip()]
-            for address in self.push:
-                host, _, port = address.removeprefix("tcp://").rpartition(":")
-                if not host or not port.isdigit():
-                    raise ConfigError(f"zmq:// address {address!r} must be HOST:PORT")
-        elif parts.path:
-            self.push = [f"ipc://{parts.path}"]
-        else:
-            raise ConfigError("a zmq:// URL needs HOST:PORT (tcp) or an absolute path (ipc), e.g. zmq://127.0.0.1:5555")
-        query = dict(parse_qsl(parts.query))
-        unknown = set(query) - _OPTIONS
-        if unknown:
-            raise ConfigError(f"unknown zmq:// option(s) {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(sorted(_OPTIONS))})")
-        try:
-            self.hwm = int(query.get("hwm", 1000))
-            self.buffer = int(query.get("buffer", 10_000))
-            self.send_timeout = float(query.get("send_timeout", 0.5))
-            self.resend_after = float(query.get("resend_after", 5.0))
-        except ValueError as exc:
-            raise ConfigError(f"bad zmq:// option: {exc}") from None
-        if self.hwm < 1 or self.buffer < 1 or self.send_timeout < 0 or self.resend_after <= 0:
-            raise ConfigError("zmq:// hwm and buffer must be >= 1, send_timeout >= 0, resend_after > 0")
-        self.pull = Endpoint.parse(query["pull"], bind_by_default=False) if "pull" in query else None
-        self.bind = Endpoint.parse(query["bind"], bind_by_default=True) if "bind" in query else None
-        self.events = Endpoint.parse(query["events"], bind_by_default=True) if query.get("events") else None
-        self.key = ",".join(self.push)
-
-    @property
-    def jobs(self) -> Endpoint:
-        """Where a worker takes pushed deliveries from."""
-        if self.pull is not None:
-            return self.pull
-        if self.bind is not None:
-            return self.bind
-        if len(self.push) != 1:
-            raise ConfigError("with several zmq:// addresses, each worker needs bind= (its own) or pull= (a device)")
-        return Endpoint(self.push[0], True)
 
 
 class HubService:

@@ -1,4 +1,4 @@
-"""What ``zmq://`` puts on the wire, and its endpoints (``@`` binds, ``>`` connects).
+"""What ``zmq://`` puts on the wire, its endpoints (``@`` binds, ``>`` connects) and its URL.
 
 A **push** (producer to worker, or through a streamer device) is one frame: a JSON array of
 deliveries, each ``[job_id, queue]`` or ``[job_id, queue, priority, order]``. A delivery names a
@@ -21,20 +21,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import zmq
 
+from ..errors import ConfigError
 from .records import Dispatch, Outcome
 from .transport import Delivery
 
-__all__ = ["MAX_PUSH", "Endpoint", "decode_deliveries", "decode_dispatches", "encode_deliveries",
+__all__ = ["MAX_PUSH", "Endpoint", "ZMQOptions", "decode_deliveries", "decode_dispatches", "encode_deliveries",
            "encode_dispatches", "message_queue", "outcome_event"]
 
 MAX_ID = 200  # longest job id or queue name accepted from the wire
 #: Largest push a worker reads (bytes): four times the default size limit of a job message.
 MAX_PUSH = 4 * 1_048_576
 DEFAULT_QUEUE = "default"
+_OPTIONS = {"bind", "pull", "events", "hwm", "buffer", "send_timeout", "resend_after"}
 
 
 @dataclass(slots=True, frozen=True)
@@ -63,6 +66,54 @@ class Endpoint:
 
     def __str__(self) -> str:
         return ("@" if self.bind else ">") + self.address
+
+
+class ZMQOptions:
+    """The parsed ``zmq://`` URL (see :mod:`conveyor.brokers.zmq`). Raises ConfigError when it is wrong."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "zmq":
+            raise ConfigError(f"not a zmq:// URL: {url!r}")
+        if parts.netloc:
+            self.push = [f"tcp://{host.strip()}" for host in parts.netloc.split(",") if host.strip()]
+            for address in self.push:
+                host, _, port = address.removeprefix("tcp://").rpartition(":")
+                if not host or not port.isdigit():
+                    raise ConfigError(f"zmq:// address {address!r} must be HOST:PORT")
+        elif parts.path:
+            self.push = [f"ipc://{parts.path}"]
+        else:
+            raise ConfigError("a zmq:// URL needs HOST:PORT (tcp) or an absolute path (ipc), e.g. zmq://127.0.0.1:5555")
+        query = dict(parse_qsl(parts.query))
+        unknown = set(query) - _OPTIONS
+        if unknown:
+            raise ConfigError(f"unknown zmq:// option(s) {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(_OPTIONS))})")
+        try:
+            self.hwm = int(query.get("hwm", 1000))
+            self.buffer = int(query.get("buffer", 10_000))
+            self.send_timeout = float(query.get("send_timeout", 0.5))
+            self.resend_after = float(query.get("resend_after", 5.0))
+        except ValueError as exc:
+            raise ConfigError(f"bad zmq:// option: {exc}") from None
+        if self.hwm < 1 or self.buffer < 1 or self.send_timeout < 0 or self.resend_after <= 0:
+            raise ConfigError("zmq:// hwm and buffer must be >= 1, send_timeout >= 0, resend_after > 0")
+        self.pull = Endpoint.parse(query["pull"], bind_by_default=False) if "pull" in query else None
+        self.bind = Endpoint.parse(query["bind"], bind_by_default=True) if "bind" in query else None
+        self.events = Endpoint.parse(query["events"], bind_by_default=True) if query.get("events") else None
+        self.key = ",".join(self.push)
+
+    @property
+    def jobs(self) -> Endpoint:
+        """Where a worker takes pushed deliveries from."""
+        if self.pull is not None:
+            return self.pull
+        if self.bind is not None:
+            return self.bind
+        if len(self.push) != 1:
+            raise ConfigError("with several zmq:// addresses, each worker needs bind= (its own) or pull= (a device)")
+        return Endpoint(self.push[0], True)
 
 
 def encode_dispatches(dispatches: Sequence[Dispatch]) -> bytes:
