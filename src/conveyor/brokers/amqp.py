@@ -53,6 +53,7 @@ _LOST = (pe.AMQPError, OSError, AssertionError)  # pika asserts on a channel tha
 CONFIRM_TIMEOUT = 30.0  # seconds a send waits for RabbitMQ's confirms before it fails
 BACKOFF_MAX = 5.0  # seconds at most between two connection attempts
 KEEPALIVE_EVERY = 5.0  # seconds between services of an idle connection (heartbeats, deliveries)
+_PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 
 def _wait_for(conn: BlockingConnection, channel: BlockingChannel, done: Callable[[], bool], timeout: float) -> bool:
@@ -114,6 +115,8 @@ class AMQPTransport(Transport):
         self._consumers: dict[str, str] = {}  # queue -> consumer tag
         self._qos = 0
         self._limits: deque[int] = deque(maxlen=32)
+        self._want = 2  # the prefetch the recent fetches call for (prefetch_for)
+        self._fetches = 0
         self._buffer: dict[str, deque[Delivery]] = {}
         self._unacked: dict[int, str] = {}  # delivery tags held, ascending (this generation's) -> consumer
         self._outstanding: dict[str, int] = {}  # consumer tag -> its deliveries not settled yet
@@ -281,10 +284,12 @@ class AMQPTransport(Transport):
         return name
 
     def _properties(self, priority: int) -> pika.BasicProperties:
+        """Persistent; the AMQP priority with ``max_priority``. (No content type: every consumer
+        decodes each one's properties, and the body is JSON by definition, docs/protocol.md.)"""
         if not self.max_priority:
-            return pika.BasicProperties(delivery_mode=2, content_type="application/json")
+            return _PERSISTENT
         amqp_priority = max(0, min(self.max_priority, priority + (self.max_priority + 1) // 2))
-        return pika.BasicProperties(delivery_mode=2, content_type="application/json", priority=amqp_priority)
+        return pika.BasicProperties(delivery_mode=2, priority=amqp_priority)
 
     def send(self, dispatches: Sequence[Dispatch]) -> None:
         """Publish persistent dispatches, and wait for RabbitMQ's confirms of all of them (one
@@ -355,7 +360,7 @@ class AMQPTransport(Transport):
         a consumer's own deliveries, so the new one gets more while the held ones stay held (a
         caller may lease more than it settles, as the store's fetch allows)."""
         assert self._sub is not None
-        qos = prefetch_for(self._limits, self.max_prefetch)
+        qos = self._want
         if self._consumers and (qos > self._qos or qos * 4 < self._qos):
             self._cancel(list(self._consumers), requeue=False)  # resubscribed below, held ones kept
         elif refill:
@@ -410,6 +415,9 @@ class AMQPTransport(Transport):
         deadline = time.monotonic() + max(0.0, timeout)
         if timeout == 0:
             self._limits.append(limit)
+            self._fetches += 1
+            if limit * 2 > self._want or self._fetches % 32 == 0:  # grows at once, shrinks lazily
+                self._want = prefetch_for(self._limits, self.max_prefetch)
         while True:
             with self._lock:
                 self._used = time.monotonic()

@@ -64,6 +64,8 @@ def read_delivery(body: bytes, queue: str, tag: Any, redelivered: bool = False) 
     """A received body as a :class:`Delivery`: a dispatch names its job; anything else keeps its
     ``body`` for the paired broker to import (or refuse) as a job message."""
     if body[:8] == b'{"job":"':  # the usual case, decoded without a second look
+        if body[-2:] == b'"}' and body.count(b'"') == 4 and b"\\" not in body:  # {"job":"<id>"} exactly
+            return Delivery(body[8:-2].decode(), queue, 0, 0, tag, redelivered)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
