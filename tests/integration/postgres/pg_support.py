@@ -33,7 +33,17 @@ from conveyor.brokers.postgres import PostgresBroker
 from conveyor.testing import require_service, wait_for
 
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
-PG_BIN = Path(os.environ.get("CONVEYOR_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _pg_bin() -> Path:
+    """Where initdb and pg_ctl are: ``CONVEYOR_TEST_PG_BIN``, else Debian's newest PostgreSQL."""
+    if os.environ.get("CONVEYOR_TEST_PG_BIN"):
+        return Path(os.environ["CONVEYOR_TEST_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 TASKS = '''\
 import os

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
-from pg_support import Project
+from pg_support import CONVEYOR, POSTGRES_URL, Project, require_postgres
 
+from conveyor.brokers.postgres.schema import CURRENT
 from conveyor.testing import wait_for
 
 pytestmark = pytest.mark.slow
@@ -130,7 +133,67 @@ def test_listening_connections_terminated_while_idle_are_back_at_once(project: P
     job = project.app.enqueue("work", args=[2])
     project.wait_succeeded([job.id], 10.0)
     assert time.monotonic() - sent < 2.0  # woken by its new LISTEN connection, not the 5 s poll
-    said = _said(worker.stderr())
-    assert len(said) == 2, said  # the supervisor and the member: one line each
+    # The supervisor and the member: one line each (the supervisor's at its next maintenance).
+    said = wait_for(lambda: len(lines := _said(worker.stderr())) >= 2 and lines, 10.0, "both to say it")
+    time.sleep(0.5)
+    assert _said(worker.stderr()) == said
     assert [line for line in worker.stderr().splitlines() if line not in said and " INFO " not in line] == []
     assert [c.pid for c in worker.children()] == member
+
+
+def _refusal(project: Project) -> str:
+    """Start a worker that must refuse to run; its one line of output."""
+    worker = project.worker("-c", "1")
+    code = worker.wait_exit(30.0)
+    said = (worker.stderr() + worker.stdout_path.read_text()).strip()
+    print(said)
+    assert code != 0, said
+    assert "Traceback" not in said
+    assert len(said.splitlines()) == 1, said
+    return said
+
+
+def test_a_worker_refuses_a_schema_never_migrated_with_one_line(tmp_path: Path) -> None:
+    require_postgres()
+    project = Project(tmp_path, POSTGRES_URL)  # not migrated: the schema does not exist
+    try:
+        said = _refusal(project)
+        assert "run `conveyor migrate APP`" in said and project.schema in said
+    finally:
+        project.cleanup()
+
+
+def test_a_worker_refuses_an_older_or_newer_schema_with_one_line(project: Project) -> None:
+    settings = f"{project.quoted}.conveyor_settings"
+    project.sql(f"UPDATE {settings} SET value = %s WHERE name = 'schema_version'", (str(CURRENT - 1),))
+    assert "run `conveyor migrate APP`" in _refusal(project)
+    project.sql(f"UPDATE {settings} SET value = %s WHERE name = 'schema_version'", (str(CURRENT + 1),))
+    assert "upgrade Conveyor" in _refusal(project)
+
+
+def test_two_migrations_at_once_apply_each_step_once(tmp_path: Path) -> None:
+    require_postgres()
+    project = Project(tmp_path, POSTGRES_URL)
+    try:
+        # Hold the migration's advisory lock until both commands wait for it: then they run at once.
+        with psycopg.connect(project.admin_url) as holder:
+            holder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                           (f"conveyor migrate {project.schema}",))
+            runs = [subprocess.Popen([*CONVEYOR, "migrate", "tasks:app"], cwd=project.folder, env=project.environ(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+            waiting = ("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                       "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = %s")
+            wait_for(lambda: project.sql(waiting, (project.schema,))[0][0] == 2, 30.0, "both migrations to wait")
+        outputs = [run.communicate(timeout=60) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outputs
+        said = [out.strip() for out, _ in outputs]
+        migrated = [line for line in said if line.endswith(f"migrated from version 0 to {CURRENT}")]
+        up_to_date = [line for line in said if line.endswith(f"are up to date (version {CURRENT})")]
+        assert (len(migrated), len(up_to_date)) == (1, 1), said  # the second one waited, then had nothing to do
+        version = project.sql(f"SELECT value FROM {project.quoted}.conveyor_settings WHERE name = 'schema_version'")
+        assert version == [(str(CURRENT),)]
+        assert project.cli("migrate", "tasks:app").stdout.strip().endswith(f"up to date (version {CURRENT})")
+        worker = project.worker("-c", "1")
+        project.wait_consumers(worker, 1)
+    finally:
+        project.cleanup()

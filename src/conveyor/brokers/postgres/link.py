@@ -53,6 +53,10 @@ _QUERIES = read_blocks(__package__, "queries.sql")
 _POOL_NAME = "conveyor"
 #: Losses closer together than this (seconds) are one incident: said once.
 QUIET_AFTER_LOSS = 10.0
+#: How long (seconds) a pool keeps trying, with back-off, to replace the connections it lost: a
+#: statement waiting for one gets it as soon as the server is back (with no retries it waited for
+#: its whole timeout, 10 s, after an outage of 2).
+RECONNECT_FOR = 300.0
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -123,7 +127,7 @@ class PostgresLink:
             _LOSSES.install()
             pool = ConnectionPool(self.conninfo, min_size=1, max_size=self.pool_size, open=False,
                                   kwargs=self._connect_kwargs(), name=_POOL_NAME, timeout=10.0,
-                                  reconnect_timeout=0, configure=_LOSSES.ours.add)
+                                  reconnect_timeout=RECONNECT_FOR, configure=_LOSSES.ours.add)
             try:
                 pool.open(wait=True, timeout=10.0)
             except PoolTimeout as exc:
@@ -167,12 +171,12 @@ class PostgresLink:
             try:
                 with self._pool_now().connection() as conn:
                     return work(conn)
+            except PoolTimeout as exc:  # (an OperationalError too) no connection came: the server is down
+                raise BrokerError(f"PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
             except psycopg.OperationalError as exc:
                 if attempt == 3 or not _is_lost(exc):
                     raise BrokerError(f"PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
                 self._lost(exc)
-            except PoolTimeout as exc:
-                raise BrokerError(f"PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
         raise AssertionError("unreachable")
 
     def _exec(self, name: str, params: dict[str, Any] | None = None, *, fetch: str = "all") -> Any:
