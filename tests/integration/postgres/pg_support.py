@@ -88,6 +88,16 @@ def count(seconds: float = 0.0) -> None:
     time.sleep(seconds)  # a kill here, after the commit, must not run the job again
 
 
+@app.task(name="gated", retries=5, backoff=0.05)
+def gated(gate: str) -> None:
+    """Waits for the file ``gate`` beside this module, then adds 1 to the counter at once."""
+    path = Path(__file__).resolve().parent / gate
+    while not path.exists():
+        time.sleep(0.005)
+    with current_job().transaction() as conn:
+        conn.execute(f"UPDATE {{SCHEMA}}.counter SET n = n + 1")
+
+
 @app.task(name="work", retries=20, backoff=0.05)
 def work(n: int, seconds: float = 0.0) -> int:
     ledger("start")

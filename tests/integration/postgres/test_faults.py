@@ -141,6 +141,22 @@ def test_listening_connections_terminated_while_idle_are_back_at_once(project: P
     assert [c.pid for c in worker.children()] == member
 
 
+def test_a_running_job_s_transaction_begins_on_a_new_connection_after_all_were_terminated(
+        project: Project) -> None:
+    worker = project.worker("-c", "1", "--lease", "30")
+    project.wait_consumers(worker, 1)
+    job = project.app.enqueue("gated", args=["go"])
+    wait_for(lambda: project.record(job.id).started_at, 10.0, "the job to start")
+    assert _terminate(project) >= 3
+    (project.folder / "go").touch()  # the job's transaction() now begins, on a pooled connection lost
+    project.wait_succeeded([job.id], 15.0)
+    assert project.record(job.id).attempts == 1  # its transaction began on a new connection: no retry
+    assert project.sql(f"SELECT n FROM {project.quoted}.counter") == [(1,)]
+    said = _said(worker.stderr())
+    assert 1 <= len(said) <= 2, said
+    assert [line for line in worker.stderr().splitlines() if line not in said and " INFO " not in line] == []
+
+
 def _refusal(project: Project) -> str:
     """Start a worker that must refuse to run; its one line of output."""
     worker = project.worker("-c", "1")

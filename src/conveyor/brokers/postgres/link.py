@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -206,9 +206,22 @@ class PostgresLink:
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction on a pooled connection (for statements that must commit together)."""
-        with self._pool_now().connection() as conn, conn.transaction():
-            yield conn
+        """One transaction on a pooled connection (for statements that must commit together). A
+        connection found lost at its BEGIN, before any statement of the caller, is replaced."""
+        for attempt in (1, 2, 3):
+            with ExitStack() as stack:
+                try:
+                    conn = stack.enter_context(self._pool_now().connection())
+                    stack.enter_context(conn.transaction())
+                except PoolTimeout as exc:
+                    raise BrokerError(f"PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
+                except psycopg.OperationalError as exc:
+                    if attempt == 3 or not _is_lost(exc):
+                        raise BrokerError(f"PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
+                    self._lost(exc)
+                    continue
+                yield conn
+                return
 
     # -- waking idle consumers ---------------------------------------------------------------
     def _listen(self) -> psycopg.Connection[Any] | None:

@@ -21,8 +21,6 @@ from ..records import Message
 from .lifecycle import insert_jobs
 
 if TYPE_CHECKING:
-    from psycopg_pool import ConnectionPool
-
     from ..records import Clock
 
 
@@ -74,7 +72,8 @@ class PostgresTransactions:
         q: dict[str, str]
         schema: str
 
-        def _pool_now(self) -> ConnectionPool: ...
+        @contextmanager
+        def _transaction(self) -> Iterator[psycopg.Connection[Any]]: ...
 
     def enqueue_within(self, connection: Any, messages: Sequence[Message]) -> list[str]:
         if not messages:
@@ -92,7 +91,7 @@ class PostgresTransactions:
     @contextmanager
     def job_transaction(self, job_id: str, token: int) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection in a transaction; its commit also records the job's success."""
-        with self._pool_now().connection() as conn, conn.transaction():
+        with self._transaction() as conn:
             yield conn
             done = conn.execute(self.q["commit_success"],
                                 {"id": job_id, "token": token, "now": self.clock()}).rowcount
