@@ -166,7 +166,8 @@ class ZMQTransport(Transport):
         self._notify: zmq.Socket[Any] | None = None  # settle/requeue/events to it (no answers)
         self._requests = itertools.count(1)
         self._spare: list[Delivery] = []  # late answers: deliveries the hub holds for us
-        self._queue_of: dict[str, str] = {}  # job id -> queue, of held deliveries (for events)
+        # job id -> (queue, deliveries held): for events (a duplicate delivery is settled apart)
+        self._queue_of: dict[str, tuple[str, int]] = {}
         self._own: HubService | None = None
         self._drained: tuple[frozenset[str], float] | None = None  # queues the hub had emptied, when
 
@@ -338,7 +339,7 @@ class ZMQTransport(Transport):
     def _remember(self, deliveries: list[Delivery]) -> list[Delivery]:
         if self.options.events is not None:
             for d in deliveries:
-                self._queue_of[d.job_id] = d.queue
+                self._queue_of[d.job_id] = (d.queue, self._queue_of.get(d.job_id, ("", 0))[1] + 1)
         return deliveries
 
     def _member_socket(self, endpoint: str, kind: str) -> zmq.Socket[Any]:
@@ -393,7 +394,9 @@ class ZMQTransport(Transport):
             return
         self._check_fork()
         for d in deliveries:
-            self._queue_of.pop(d.job_id, None)
+            queue, held = self._queue_of.pop(d.job_id, ("", 0))
+            if held > 1:
+                self._queue_of[d.job_id] = (queue, held - 1)
         tags = [d.tag for d in deliveries]
         hub = self._local_hub()
         if hub is not None:
@@ -405,7 +408,8 @@ class ZMQTransport(Transport):
         """Publish an event for every accepted outcome on the worker's PUB socket (``events=``)."""
         if self.options.events is None:
             return
-        events = [outcome_event(o, self._queue_of.get(o.job_id)) for o, ok in zip(outcomes, accepted) if ok]
+        events = [outcome_event(o, self._queue_of.get(o.job_id, (None, 0))[0]) for o, ok in zip(outcomes, accepted)
+                  if ok]
         if not events:
             return
         try:
