@@ -1,8 +1,8 @@
-"""One claimer of ``test_claimers.py``, run as a process of its own: ``python pg_claimer.py URL
-CLAIMS SEED OUT``. It leases jobs from the PostgreSQL store in batches of 1 to 32 until it made
-CLAIMS claims, and settles them as a worker would: most succeed, some fail (retried while
-attempts remain, failed on the last), a few are abandoned (their lease runs out and ``recover()``
-puts them back). Each claim is one JSON line in OUT: ``[job id, token, attempt, max attempts,
+"""One claimer of ``test_postgres_claimers.py``, run as a process of its own: ``python
+pg_claimer.py URL CLAIMS SEED OUT``. It leases jobs from the PostgreSQL store in batches of 1 to
+32 until it made CLAIMS claims, and settles them as a worker would: most succeed, some fail
+(retried while attempts remain, failed on the last), a few are abandoned (their lease runs out
+and ``recover()`` puts them back). Each claim is one JSON line in OUT: ``[job id, token, attempt, max attempts,
 fetch sent, fetch answered, lease deadline, ack sent, ack accepted, outcome]`` (the last three
 null for an abandoned lease).
 """
