@@ -13,7 +13,7 @@ from conveyor.brokers.amqp import AMQPTransport
 from conveyor.testing import require_service
 
 AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-STORES = ("sqlite", "redis")
+STORES = ("sqlite", "redis", "postgres")
 
 
 def make_transport(tmp_path: Path) -> AMQPTransport:
