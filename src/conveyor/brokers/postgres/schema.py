@@ -34,9 +34,13 @@ def migrations() -> list[tuple[int, str]]:
 CURRENT = migrations()[-1][0]
 
 
+def _tables_exist(conn: psycopg.Connection[Any], schema: str) -> bool:
+    found = conn.execute("SELECT to_regclass(%s)", (f"{sql.Identifier(schema).as_string(None)}.conveyor_settings",))
+    return found.fetchone()[0] is not None  # type: ignore[index]
+
+
 def _version(conn: psycopg.Connection[Any], schema: str) -> int:
-    table = conn.execute("SELECT to_regclass(%s)", (f"{sql.Identifier(schema).as_string(None)}.conveyor_settings",))
-    if table.fetchone()[0] is None:  # type: ignore[index]
+    if not _tables_exist(conn, schema):
         return 0
     row = conn.execute(sql.SQL("SELECT value FROM {}.conveyor_settings WHERE name = 'schema_version'")
                        .format(sql.Identifier(schema))).fetchone()
@@ -51,7 +55,8 @@ def check(conn: psycopg.Connection[Any], schema: str, label: str) -> None:
     if version > CURRENT:
         raise BrokerError(f"the Conveyor tables in PostgreSQL schema {schema!r} ({label}) are at version {version}, "
                           f"newer than this Conveyor (version {CURRENT}): upgrade Conveyor")
-    what = "do not exist yet" if version == 0 else f"are at version {version}, this Conveyor needs {CURRENT}"
+    what = ("do not exist yet" if version == 0 and not _tables_exist(conn, schema)
+            else f"are at version {version}, this Conveyor needs {CURRENT}")
     raise BrokerError(f"the Conveyor tables in PostgreSQL schema {schema!r} ({label}) {what}: "
                       f"run `conveyor migrate APP` first")
 
