@@ -240,8 +240,9 @@ class AMQPTransport(Transport):
             finally:
                 self._lock.release()
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` under the lock; a lost connection is dropped and raised as BrokerError."""
+    def _call(self, what: str, fn: Callable[[], Any], again: bool = False) -> Any:
+        """Run ``fn`` under the lock; a lost connection is dropped and raised as BrokerError
+        (with ``again``, for an idempotent ``fn``: first tried once more on a new connection)."""
         with self._lock:
             self._used = time.monotonic()
             try:
@@ -250,6 +251,9 @@ class AMQPTransport(Transport):
                 raise
             except _LOST as exc:
                 self._lost(exc)
+                if again:
+                    self._retry_at = 0.0
+                    return self._call(what, fn)
                 raise BrokerError(f"{what} failed: {exc or type(exc).__name__}") from exc
 
     # -- publishing --------------------------------------------------------------------------
@@ -516,7 +520,7 @@ class AMQPTransport(Transport):
             frame = self._pub.queue_purge(name)
             return int(frame.method.message_count)
 
-        return int(self._call("purge", run))
+        return int(self._call("purge", run, again=True))
 
     def depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (not handed to a consumer)."""
@@ -525,7 +529,7 @@ class AMQPTransport(Transport):
             assert self._pub is not None
             return int(self._pub.queue_declare(self._declare(queue), passive=True).method.message_count)
 
-        return int(self._call("depth", run))
+        return int(self._call("depth", run, again=True))
 
     def drop(self) -> None:
         """Delete every queue this transport declared (tests; a shared server keeps no leftovers)."""
@@ -537,7 +541,7 @@ class AMQPTransport(Transport):
             self._made.clear()
             self._declared.clear()
 
-        self._call("drop", run)
+        self._call("drop", run, again=True)
 
     # -- conveyor doctor ---------------------------------------------------------------------
     def diagnose(self) -> list[Check]:
