@@ -30,7 +30,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 import pika
@@ -40,9 +39,10 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from ..config import redact_url
 from ..errors import BrokerError, ConfigError
-from .records import Check, Dispatch
+from .amqp_publish import CONFIRM_TIMEOUT, AMQPPublishing, _wait_for
+from .records import Check
 from .transport import Delivery, Transport, prefetch_for, split_options
-from .wire import dispatch_body, read_delivery
+from .wire import read_delivery
 
 __all__ = ["AMQPTransport"]
 
@@ -50,30 +50,11 @@ log = logging.getLogger("conveyor.brokers.amqp")
 
 _OPTIONS = ("prefix", "queue_type", "max_priority", "confirm", "prefetch")
 _LOST = (pe.AMQPError, OSError, AssertionError)  # pika asserts on a channel that died under it
-CONFIRM_TIMEOUT = 30.0  # seconds a send waits for RabbitMQ's confirms before it fails
 BACKOFF_MAX = 5.0  # seconds at most between two connection attempts
 KEEPALIVE_EVERY = 5.0  # seconds between services of an idle connection (heartbeats, deliveries)
-_PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 
-def _wait_for(conn: BlockingConnection, channel: BlockingChannel, done: Callable[[], bool], timeout: float) -> bool:
-    """Process I/O until ``done()`` or ``timeout`` seconds; whether it is done. pika's own wait
-    loop (``_flush_output``): ``process_data_events`` would wait all of its time limit for
-    events of the channel object (confirms), which do not end its wait."""
-    deadline = time.monotonic() + timeout
-    timer = conn.call_later(timeout, _nothing)  # wakes the loop at the deadline
-    try:
-        channel._flush_output(lambda: done() or time.monotonic() >= deadline)
-    finally:
-        conn.remove_timeout(timer)
-    return done()
-
-
-def _nothing() -> None:
-    pass
-
-
-class AMQPTransport(Transport):
+class AMQPTransport(AMQPPublishing, Transport):
     """RabbitMQ through pika (see the module docstring for the URL options)."""
 
     scheme = "amqp"
@@ -256,23 +237,7 @@ class AMQPTransport(Transport):
                     return self._call(what, fn)
                 raise BrokerError(f"{what} failed: {exc or type(exc).__name__}") from exc
 
-    # -- publishing --------------------------------------------------------------------------
-    def _on_select_ok(self, _frame: Any) -> None:
-        self._select_ok = True
-
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        tag = method.delivery_tag
-        if method.multiple:
-            self._pending_confirms = {t for t in self._pending_confirms if t > tag}
-        else:
-            self._pending_confirms.discard(tag)
-        if isinstance(method, pika.spec.Basic.Nack):
-            self._nacked += 1
-
-    def _on_return(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._returned.append((method.routing_key, body, properties))
-
+    # -- publishing (AMQPPublishing) and declaring ------------------------------------------
     def _declare(self, queue: str) -> str:
         name = self.name(queue)
         if name not in self._declared:
@@ -286,62 +251,6 @@ class AMQPTransport(Transport):
             self._declared.add(name)
             self._made.add(name)
         return name
-
-    def _properties(self, priority: int) -> pika.BasicProperties:
-        """Persistent; the AMQP priority with ``max_priority``. (No content type: every consumer
-        decodes each one's properties, and the body is JSON by definition, docs/protocol.md.)"""
-        if not self.max_priority:
-            return _PERSISTENT
-        amqp_priority = max(0, min(self.max_priority, priority + (self.max_priority + 1) // 2))
-        return pika.BasicProperties(delivery_mode=2, priority=amqp_priority)
-
-    def send(self, dispatches: Sequence[Dispatch]) -> None:
-        """Publish persistent dispatches, and wait for RabbitMQ's confirms of all of them (one
-        round trip for the batch). A message returned unroutable (its queue was deleted) is
-        published again once its queue is declared again. Raises BrokerError."""
-        if not dispatches:
-            return
-        messages = [(d.queue, dispatch_body(d), d.priority) for d in dispatches]
-        for attempt in (1, 2):
-            try:
-                returned = self._call("send", partial(self._publish, messages))
-            except BrokerError:
-                if attempt == 2:
-                    raise
-                continue
-            if not returned:
-                return
-            messages = returned
-        raise BrokerError(f"{len(messages)} message(s) came back unroutable from RabbitMQ")
-
-    def _publish(self, messages: list[tuple[str, bytes, int]]) -> list[tuple[str, bytes, int]]:
-        conn = self._connection()
-        assert self._pub is not None
-        channel = self._pub._impl  # see _connection
-        self._returned.clear()
-        by_name = {}
-        for queue, body, priority in messages:
-            name = self._declare(queue)
-            by_name[name] = queue
-            channel.basic_publish("", name, body, self._properties(priority), mandatory=True)
-            self._published += 1
-            if self.confirm:
-                self._pending_confirms.add(self._published)
-        nacked, self._nacked = self._nacked, 0
-        if self.confirm:
-            if not _wait_for(conn, self._pub, lambda: not self._pending_confirms, CONFIRM_TIMEOUT):
-                raise BrokerError(f"RabbitMQ did not confirm {len(self._pending_confirms)} message(s) "
-                                  f"in {CONFIRM_TIMEOUT:.0f}s")
-            nacked, self._nacked = nacked + self._nacked, 0
-        else:
-            conn.process_data_events(0)
-        if nacked:
-            raise BrokerError(f"RabbitMQ refused {nacked} message(s) (nack)")
-        returned = [(by_name.get(key, key), body, 0) for key, body, _ in self._returned]
-        for key, _, _ in self._returned:
-            self._declared.discard(key)  # deleted under us: declare it again
-        self._returned.clear()
-        return returned
 
     # -- consuming ---------------------------------------------------------------------------
     def _on_delivery(self, queue: str) -> Callable[..., None]:
