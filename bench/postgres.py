@@ -19,7 +19,8 @@ Phases (each on a schema of its own, dropped and made again with ``conveyor migr
 * ``bulk``: ``noop.enqueue_many`` in batches of ``--batch``, and a COPY of as many rows into the plain
   table (the floor).
 * ``drain``: ``python -m bench --phases drain,latency`` (the usual harness: 2 worker processes, a
-  no-op task, ``--n`` jobs, then ``--latency-n`` sequential ``enqueue(i).result()``).
+  no-op task, ``--n`` jobs, then ``--latency-n`` sequential ``enqueue(i).result()``); then again
+  with each URL option of ``--drain-options`` (default ``async_acks=1``).
 * ``claim``: the store's own claim (``fetch``, ``--claim-batch`` per call, each batch then acked
   untimed) timed over ``--claim-n`` jobs: on an empty table, then with ``--finished`` finished jobs in
   it (inserted by one ``INSERT … SELECT generate_series``): never analyzed (this server runs with
@@ -249,6 +250,7 @@ def phase_peers(a: argparse.Namespace, rep: int) -> dict[str, Any]:
     env = dict(os.environ, CONVEYOR_PY=str(Path(sys.executable)), PEERS_PG_VENV=a.peers_venv)
     cmd = [os.path.join(a.peers_venv, "bin", "python"), "harness.py", "--libs", a.peers_libs, "--reps", "1",
            "--n", str(a.peers_n), "--lat-n", str(a.latency_n), "--finished-rows", "0",
+           "--drain-timeout", str(a.peers_drain_timeout),
            "--variants", a.peers_variants, f"--suffix=-r{rep}"]
     log("peers: " + " ".join(cmd))
     with open(os.path.join(a.peers, f"harness-r{rep}.log"), "w") as logf:
@@ -298,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bulk-n", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--latency-n", type=int, default=500)
+    ap.add_argument("--drain-options", default="async_acks=1",
+                    help="comma-separated URL options: the drain phase runs again with each (empty: none)")
     ap.add_argument("--claim-n", type=int, default=20000)
     ap.add_argument("--claim-batch", type=int, default=128)
     ap.add_argument("--finished", type=int, default=1_000_000)
@@ -306,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers-libs", default="procrastinate,pgqueuer,floor,conveyor")
     ap.add_argument("--peers-variants", default=PEER_VARIANTS)
     ap.add_argument("--peers-n", type=int, default=20000)
+    ap.add_argument("--peers-drain-timeout", type=int, default=300,
+                    help="the harness's --drain-timeout (a peer that loses jobs would wait 900 s)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     phases = [p for p in a.phases.split(",") if p]
@@ -327,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                 res = phase_bulk(a.url, a.bulk_n, a.batch)
             elif phase == "drain":
                 res = phase_drain(a.url, a.n, a.latency_n)
+                for option in [o for o in a.drain_options.split(",") if o]:
+                    log(f"rep {rep + 1}/{a.reps}: drain with ?{option}")
+                    res[option] = phase_drain(a.url + ("&" if "?" in a.url else "?") + option, a.n, a.latency_n)
             elif phase == "claim":
                 res = phase_claim(a.url, a.claim_n, a.claim_batch, a.finished)
             else:
@@ -334,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             res["at"], res["wall_s"] = time.strftime("%H:%M:%S", time.gmtime(t0)), round(time.time() - t0, 1)
             log(f"{phase}: {json.dumps(res)[:600]}")
             runs[phase].append(res)
+            if a.out:  # what was measured so far, in case the run is stopped
+                Path(a.out + ".partial").write_text(json.dumps(runs, default=str))
     result = {"command": " ".join([os.path.basename(sys.executable), "-m", "bench.postgres", *(argv or sys.argv[1:])]),
               "started": started, "git": git, "url": a.url, "reps": a.reps,
               "median": {p: _median_tree(r) for p, r in runs.items() if r}, "runs": runs}
