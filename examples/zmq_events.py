@@ -18,6 +18,7 @@ import threading
 import time
 
 import zmq
+
 from conveyor import Conveyor
 from conveyor.worker.supervisor import Supervisor
 
