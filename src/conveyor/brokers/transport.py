@@ -12,6 +12,10 @@ and the job itself (arguments, attempts, state, result) lives in the store it is
 * ``requeue(deliveries)``: give them back, in their place where the transport can.
 * ``purge(queue)``: drop every waiting delivery of ``queue``.
 
+One hook is for the worker: ``serve(broker, queues)`` starts what a transport runs inside a
+worker's supervisor for its pool (ZeroMQ's sockets; nothing for a transport with a server), before
+the pool starts, and returns what to ``close()`` at shutdown.
+
 Capabilities are declared as class attributes, never probed; a paired broker presents them to the
 worker as its own.
 """
@@ -22,12 +26,22 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .records import Check, Dispatch, Outcome
 
-__all__ = ["Delivery", "Transport", "prefetch_for", "split_options"]
+if TYPE_CHECKING:
+    from .store import Broker
+
+__all__ = ["Delivery", "Service", "Transport", "prefetch_for", "split_options"]
+
+
+class Service(Protocol):
+    """What :meth:`Transport.serve` started in a worker; closed at the worker's shutdown."""
+
+    def close(self) -> None:
+        """Stop it (what it held is resent from the store by whoever serves the queues next)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -80,6 +94,20 @@ class Transport(ABC):
     def fork(self) -> Transport:
         """A new, unopened transport on the same URL, for another process or thread."""
         return type(self)(self.url)
+
+    def serve(self, broker: Broker | None = None, queues: Sequence[str] | None = None) -> Service | None:
+        """Start what this transport runs inside a worker for its pool; the worker's supervisor
+        calls it once, before the pool starts, and closes the result at shutdown.
+
+        Args:
+            broker: the worker's broker (a paired broker), for a service that reads its store.
+            queues: the queues the worker consumes.
+
+        Returns:
+            What to close at shutdown, or None (the default: a transport with a server of its own
+            needs nothing in the worker). Raises BrokerError when it cannot start (an address
+            taken)."""
+        return None
 
     def diagnose(self) -> list[Check]:
         """What ``conveyor doctor`` reports of this transport (reachable, configured as Conveyor

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import uuid_utils
 
 from ..brokers import JobRecord, Outcome
+from ..brokers.paired import PairedBroker
 from ..errors import ConfigError, ConveyorError
 from .pools import POOLS, Member, ProcessMember, ThreadMember
 from .runner import EXIT_RECYCLE, EXIT_STOPPED
@@ -29,6 +30,8 @@ from .verdict import retry_verdict
 
 if TYPE_CHECKING:
     from ..app import Conveyor
+    from ..brokers.store import Broker
+    from ..brokers.transport import Service
     from ..config import Settings
 
 log = logging.getLogger("conveyor.worker")
@@ -65,7 +68,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self.forced = threading.Event()
         self.broker = app.broker.fork()
-        self.sockets: Any = None  # what _serve_sockets started
+        self.sockets: Service | None = None  # what _serve_sockets started
 
     # -- members -----------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -280,12 +283,13 @@ class Supervisor:
         return 0
 
 
-def _serve_sockets(broker: Any, queues: Sequence[str]) -> Any:
-    """Start the sockets a transport runs in the worker for its pool (zmq://: the PULL socket,
-    the pool's hub, the events PUB), before the pool starts; None for other brokers. Returns what
-    to close() at shutdown."""
-    serve = getattr(getattr(broker, "transport", None), "serve", None)
-    return serve(broker, queues) if serve is not None else None
+def _serve_sockets(broker: Broker, queues: Sequence[str]) -> Service | None:
+    """Start what a paired broker's transport runs in the worker for its pool (``Transport.serve``;
+    zmq://: the PULL socket, the pool's hub, the events PUB), before the pool starts; None for other
+    brokers. Returns what to close() at shutdown."""
+    if isinstance(broker, PairedBroker):
+        return broker.transport.serve(broker, queues)
+    return None
 
 
 def _names(tasks: set[str], most: int = 5) -> str:
