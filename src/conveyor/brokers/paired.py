@@ -150,30 +150,44 @@ class PairedBroker(Broker):
         return [*self._store.diagnose(), *self.transport.diagnose()]
 
     # -- the outbox --------------------------------------------------------------------------
-    def _send(self, among: Sequence[Dispatch] | None = None) -> int:
-        """Send what the store's outbox holds (of ``among`` only, when given); how many.
-        A failed send is logged, not raised: the outbox keeps the jobs for maintenance."""
+    def _send(self) -> int:
+        """Send what the store's outbox holds; how many. A failed send is logged, not raised: the
+        outbox keeps the jobs for maintenance."""
         sent = 0
         while True:
-            dispatches = self._store.outbox(OUTBOX_BATCH, among)
-            if not dispatches:
+            dispatches = self._store.outbox(OUTBOX_BATCH)
+            if not dispatches or not self._carry(dispatches):
                 return sent
-            try:
-                self.transport.send(dispatches)
-            except BrokerError as exc:
-                log.warning("%d job(s) written but not sent (%s); the outbox sends them again", len(dispatches), exc)
-                return sent
-            self._store.mark_sent(dispatches)
             sent += len(dispatches)
-            if among is not None or len(dispatches) < OUTBOX_BATCH:
+            if len(dispatches) < OUTBOX_BATCH:
                 return sent
+
+    def _carry(self, dispatches: list[Dispatch]) -> bool:
+        """Send marked jobs, then unmark them; False (logged) when the send failed."""
+        try:
+            self.transport.send(dispatches)
+        except BrokerError as exc:
+            log.warning("%d job(s) written but not sent (%s); the outbox sends them again", len(dispatches), exc)
+            return False
+        self._store.mark_sent(dispatches)
+        return True
 
     # -- moving jobs -------------------------------------------------------------------------
     def enqueue(self, messages: Sequence[Message]) -> list[str]:
+        """Write the jobs (marked in the outbox), send the new ones due now, then unmark them.
+
+        The send does not read the outbox first: the jobs were written marked a moment ago, so
+        reading them back would only add a store round trip to every enqueue's latency. What a
+        concurrent maintenance pass sends too, or what was cancelled meanwhile, is a duplicate or
+        a dead delivery, dropped at claim. A failed send leaves the marks for maintenance."""
         ids = self._store.enqueue(messages)
-        fresh = {m.id: Dispatch(m.id, m.queue, m.priority) for m, job_id in zip(messages, ids) if job_id == m.id}
-        if fresh:
-            self._send(list(fresh.values()))
+        now = self.clock()
+        fresh = list({m.id: Dispatch(m.id, m.queue, m.priority) for m, job_id in zip(messages, ids)
+                      if job_id == m.id and (m.run_at is None or m.run_at <= now)}.values())
+        if fresh and not self._carry(fresh):
+            # Left to maintenance: taken into the outbox as any unsent job (a store may keep them
+            # apart from the jobs it is sending now, e.g. Redis, so that unmarking those stays cheap).
+            self._store.outbox(len(fresh), fresh)
         return ids
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:

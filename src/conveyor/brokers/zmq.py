@@ -53,7 +53,7 @@ from ..errors import BrokerError, ConfigError
 from .records import Check, Dispatch, Outcome
 from .transport import Delivery, Transport
 from .zmq_hub import Hub, HubOptions
-from .zmq_wire import ZMQOptions, decode_deliveries, encode_dispatches, outcome_event
+from .zmq_wire import ZMQOptions, can, decode_deliveries, encode_dispatches, outcome_event
 
 if TYPE_CHECKING:
     from .store import Broker
@@ -162,6 +162,7 @@ class ZMQTransport(Transport):
         self._monitor: zmq.Socket[Any] | None = None  # the PUSH socket's connections
         self._peers = 0
         self._grace_until = 0.0
+        self._counted_at = 0.0  # when the PUSH socket's monitor events were last read
         self._dealer: zmq.Socket[Any] | None = None  # take/purge requests to the supervisor's hub
         self._notify: zmq.Socket[Any] | None = None  # settle/requeue/events to it (no answers)
         self._requests = itertools.count(1)
@@ -170,6 +171,7 @@ class ZMQTransport(Transport):
         self._queue_of: dict[str, tuple[str, int]] = {}
         self._own: HubService | None = None
         self._drained: tuple[frozenset[str], float] | None = None  # queues the hub had emptied, when
+        self._hubs_seen: tuple[str | None, Any] = (None, None)  # (HUBS_ENV's value, our entry in it)
 
     def __repr__(self) -> str:
         return f"<ZMQTransport {self.options.key}>"
@@ -182,8 +184,12 @@ class ZMQTransport(Transport):
         return None
 
     def _parent_hub(self) -> str | None:
-        """The ipc:// endpoint of the supervisor's hub, when this is one of its pool processes."""
-        entry = _exported().get(self.options.key)
+        """The ipc:// endpoint of the supervisor's hub, when this is one of its pool processes.
+        (Asked on every receive and settle: the variable is parsed again only when it changed.)"""
+        raw = os.environ.get(HUBS_ENV)
+        if raw != self._hubs_seen[0]:
+            self._hubs_seen = (raw, _exported().get(self.options.key))
+        entry = self._hubs_seen[1]
         if entry and entry[1] == os.getppid() and entry[1] != os.getpid():
             return str(entry[0])
         return None
@@ -270,11 +276,18 @@ class ZMQTransport(Transport):
             return
         with self._send_lock:
             sock = self._push_socket()
-            if not self._connected() and time.monotonic() >= self._grace_until:
+            # A connected worker with room (IMMEDIATE: no room without one) takes the push at once;
+            # only when there is none are the monitor's events read and the timeout waited.
+            now = time.monotonic()
+            if now >= self._counted_at + 1.0:  # the monitor's events, read now and then all the same
+                self._counted_at = now
+                self._connected()
+            if not can(sock, zmq.POLLOUT) and not self._connected() and now >= self._grace_until:
                 raise BrokerError(f"no zmq:// worker is listening at {self.options.key}")
             for i in range(0, len(dispatches), PUSH_BATCH):
                 frame = encode_dispatches(dispatches[i:i + PUSH_BATCH])
-                if not sock.poll(int(self.options.send_timeout * 1000), zmq.POLLOUT):
+                if not can(sock, zmq.POLLOUT) \
+                        and not sock.poll(int(self.options.send_timeout * 1000), zmq.POLLOUT):
                     raise BrokerError(f"no zmq:// worker took the jobs at {self.options.key} within "
                                       f"{self.options.send_timeout:g}s (none listening, or its HWM is full)")
                 try:

@@ -4,8 +4,8 @@ A worker's supervisor starts one :class:`Hub` (``ZMQTransport.serve``). Its thre
 
 * takes pushed deliveries (and job messages of other clients, :mod:`~conveyor.brokers.wire`) from
   the worker's PULL socket (bound at the URL's address, or connected to a streamer device's
-  ``--out``) into a buffer in memory: one heap per queue, by priority then
-  the store's order, so members take their queues in order of preference;
+  ``--out``) into its :class:`~conveyor.brokers.zmq_buffer.Buffer` (one heap per queue, by
+  priority then the store's order, so members take their queues in order of preference);
 * hands them out on request to the pool members (a ROUTER socket on an ``ipc://`` path; a thread
   member calls :meth:`Hub.take` directly), and remembers which member holds what until it settles
   or requeues it. A member process that dies holding deliveries it had not yet claimed has them put
@@ -22,8 +22,6 @@ No buffer here is durable: the store is the truth, and a delivery is only a hint
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import os
 import threading
@@ -38,17 +36,16 @@ import zmq
 
 from .records import Dispatch, JobQuery
 from .transport import Delivery
-from .zmq_wire import MAX_PUSH, Endpoint, decode_dispatches, encode_deliveries, message_queue
+from .zmq_buffer import TICK, Buffer
+from .zmq_wire import MAX_PUSH, Endpoint, can, decode_dispatches, encode_deliveries
 
 if TYPE_CHECKING:
     from .store import JobStore
 
-__all__ = ["Hub", "HubOptions"]
+__all__ = ["Hub", "HubOptions"]  # the hub's buffer: zmq_buffer.py
 
 log = logging.getLogger("conveyor.brokers.zmq")
 
-#: How often the hub looks for dead members and expired requests (seconds).
-TICK = 0.2
 #: A member is hungry for this long after its last unanswered request (seconds).
 HUNGRY_FOR = 1.5
 #: How often a hungry hub looks for lost deliveries in the store, at most (seconds).
@@ -82,16 +79,7 @@ class _Parked:
     deadline: float
 
 
-@dataclass(slots=True)
-class _Counters:
-    received: int = 0
-    messages: int = 0
-    duplicates: int = 0
-    resent: int = 0
-    requeued_from_dead: int = 0
-
-
-class Hub:
+class Hub(Buffer):
     """A worker's buffer of deliveries and its sockets (see the module docstring).
 
     Args:
@@ -100,18 +88,11 @@ class Hub:
     """
 
     def __init__(self, options: HubOptions, store: JobStore | None = None) -> None:
+        super().__init__()
         self.options = options
         self.store = store
-        self.counters = _Counters()
-        self._cond = threading.Condition()
-        self._queues: dict[str, list[tuple[int, int, int, Delivery]]] = {}
-        self._buffered: set[str] = set()  # job ids waiting in a heap
-        self._held: dict[int, tuple[bytes | None, Delivery]] = {}  # tag -> (member identity, delivery)
-        self._tags = itertools.count(1)
         self._parked: deque[_Parked] = deque()
         self._events: deque[list[Any]] = deque()
-        self._hungry: dict[str, float] = {}  # queue -> when a member last found it empty
-        self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -159,118 +140,17 @@ class Hub:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _arrived(self) -> None:
+        """Deliveries came in: wake the thread when members wait (it answers them itself after
+        what it read)."""
+        if self._parked and not (self._thread is not None and self._thread.ident == threading.get_ident()):
+            self._wake()
+
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
             pass  # a full pipe already wakes the thread; a closed one means it stopped
-
-    # -- the buffer (any thread) -------------------------------------------------------------
-    def put(self, dispatches: Sequence[Dispatch], redelivered: bool = False) -> int:
-        """Buffer deliveries of ``dispatches`` (a job already buffered is skipped); how many."""
-        n = 0
-        with self._cond:
-            for d in dispatches:
-                if d.job_id in self._buffered:
-                    self.counters.duplicates += 1
-                    continue
-                self._push(Delivery(d.job_id, d.queue, d.priority, d.order, next(self._tags), redelivered))
-                n += 1
-            if n:
-                self._cond.notify_all()
-        if n and self._parked:
-            self._wake()
-        return n
-
-    def put_message(self, body: bytes) -> None:
-        """Buffer a job message (see :mod:`~conveyor.brokers.wire`) on the queue it names."""
-        with self._cond:
-            self._push(Delivery("", message_queue(body), 0, 0, next(self._tags), False, body))
-            self._cond.notify_all()
-        if self._parked:
-            self._wake()
-
-    def _push(self, d: Delivery) -> None:
-        if d.job_id:
-            self._buffered.add(d.job_id)
-        heapq.heappush(self._queues.setdefault(d.queue, []), (-d.priority, d.order, d.tag, d))
-
-    def _take_now(self, queues: Sequence[str], limit: int, owner: bytes | None) -> list[Delivery]:
-        out: list[Delivery] = []
-        for queue in queues:
-            heap = self._queues.get(queue)
-            while heap and len(out) < limit:
-                d = heapq.heappop(heap)[3]
-                self._buffered.discard(d.job_id)
-                self._held[d.tag] = (owner, d)
-                out.append(d)
-            if len(out) >= limit:
-                break
-        if len(out) < limit:
-            now = time.monotonic()
-            for queue in queues:
-                if not self._queues.get(queue):
-                    self._hungry[queue] = now
-        return out
-
-    def take(self, queues: Sequence[str], limit: int, timeout: float, owner: bytes | None = None) -> list[Delivery]:
-        """Up to ``limit`` deliveries of ``queues`` (in that order), waiting up to ``timeout``
-        seconds for the first; held until :meth:`settle` or :meth:`requeue`."""
-        if limit <= 0:
-            return []
-        deadline = time.monotonic() + max(0.0, timeout)
-        with self._cond:
-            while True:
-                out = self._take_now(queues, limit, owner)
-                left = deadline - time.monotonic()
-                if out or left <= 0 or self._stop.is_set():
-                    return out
-                self._cond.wait(min(left, TICK))
-
-    def settle(self, tags: Sequence[int]) -> None:
-        """Forget held deliveries."""
-        with self._cond:
-            for tag in tags:
-                self._held.pop(tag, None)
-
-    def requeue(self, tags: Sequence[int]) -> None:
-        """Put held deliveries back in their place."""
-        with self._cond:
-            n = self._requeue_locked(tags)
-            if n:
-                self._cond.notify_all()
-        if n and self._parked:
-            self._wake()
-
-    def _requeue_locked(self, tags: Sequence[int]) -> int:
-        n = 0
-        for tag in tags:
-            held = self._held.pop(tag, None)
-            if held is not None and held[1].job_id not in self._buffered:
-                d = held[1]
-                self._push(Delivery(d.job_id, d.queue, d.priority, d.order, d.tag, True, d.body))
-                n += 1
-        return n
-
-    def purge(self, queue: str) -> int:
-        """Drop the buffered deliveries of ``queue``; how many."""
-        with self._cond:
-            heap = self._queues.pop(queue, [])
-            for item in heap:
-                self._buffered.discard(item[3].job_id)
-            return len(heap)
-
-    def depth(self, queue: str | None = None) -> int:
-        """Buffered deliveries (of ``queue``, or in all)."""
-        with self._cond:
-            if queue is not None:
-                return len(self._queues.get(queue, []))
-            return sum(len(h) for h in self._queues.values())
-
-    def held(self) -> int:
-        """Deliveries handed out and not yet settled."""
-        with self._cond:
-            return len(self._held)
 
     def publish(self, events: list[list[Any]]) -> None:
         """Queue ``[topic, body]`` pairs for the PUB socket (sent by the hub's thread)."""
@@ -363,10 +243,9 @@ class Hub:
 
     def _read_pushes(self, pull: zmq.Socket[Any]) -> None:
         for _ in range(100):  # a bounded batch, so members are served between reads
-            try:
-                frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
+            if not can(pull, zmq.POLLIN):  # cheaper than a zmq.Again raised
                 return
+            frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
             try:
                 dispatches = decode_dispatches(frames)
             except ValueError:
@@ -382,10 +261,9 @@ class Hub:
 
     def _read_members(self, router: zmq.Socket[Any]) -> None:
         for _ in range(1000):
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not can(router, zmq.POLLIN):
                 return
+            frames = router.recv_multipart(zmq.NOBLOCK)
             if len(frames) < 3:
                 continue
             identity, kind, body = frames[0], frames[1], frames[2]

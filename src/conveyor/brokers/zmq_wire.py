@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from .records import Dispatch, Outcome
 from .transport import Delivery
 
-__all__ = ["MAX_PUSH", "Endpoint", "ZMQOptions", "decode_deliveries", "decode_dispatches", "encode_deliveries",
+__all__ = ["MAX_PUSH", "Endpoint", "ZMQOptions", "can", "decode_deliveries", "decode_dispatches", "encode_deliveries",
            "encode_dispatches", "message_queue", "outcome_event"]
 
 MAX_ID = 200  # longest job id or queue name accepted from the wire
@@ -180,3 +180,9 @@ def outcome_event(outcome: Outcome, queue: str | None) -> list[Any]:
         except orjson.JSONDecodeError:
             pass  # not JSON (pickle): subscribers read it from the store
     return ["job." + outcome.state, body]
+
+
+def can(sock: zmq.Socket[Any], what: int) -> bool:
+    """Whether ``sock`` can take a send (``zmq.POLLOUT``) or has a message (``zmq.POLLIN``) now,
+    without waiting: cheaper than a poll, or than a ``zmq.Again`` raised by a non-blocking call."""
+    return bool(int(sock.getsockopt(zmq.EVENTS)) & what)
