@@ -41,7 +41,7 @@ from ..config import redact_url
 from ..errors import BrokerError, ConfigError
 from .amqp_publish import CONFIRM_TIMEOUT, AMQPPublishing, _wait_for
 from .records import Check
-from .transport import Delivery, Transport, prefetch_for, split_options
+from .transport import Delivery, Reconnect, Transport, prefetch_for, split_options
 from .wire import read_delivery
 
 __all__ = ["AMQPTransport"]
@@ -50,7 +50,6 @@ log = logging.getLogger("conveyor.brokers.amqp")
 
 _OPTIONS = ("prefix", "queue_type", "max_priority", "confirm", "prefetch")
 _LOST = (pe.AMQPError, OSError, AssertionError)  # pika asserts on a channel that died under it
-BACKOFF_MAX = 5.0  # seconds at most between two connection attempts
 KEEPALIVE_EVERY = 5.0  # seconds between services of an idle connection (heartbeats, deliveries)
 
 
@@ -106,9 +105,7 @@ class AMQPTransport(AMQPPublishing, Transport):
         self._nacked = 0
         self._returned: list[tuple[str, bytes, Any]] = []
         self._select_ok = False
-        self._retry_at = 0.0
-        self._backoff = 0.0
-        self._down_since: float | None = None
+        self._link = Reconnect(f"RabbitMQ at {redact_url(url)}", log)
         self._used = 0.0
         self._keeper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -155,15 +152,7 @@ class AMQPTransport(AMQPPublishing, Transport):
     def _lost(self, exc: BaseException) -> None:
         conn, self._conn = self._conn, None
         self._forget()
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            log.warning("lost the connection to RabbitMQ (%s): reconnecting", exc or type(exc).__name__)
-        if conn is not None:
-            try:
-                if conn.is_open:
-                    conn.close()
-            except _LOST:
-                pass
+        self._link.lost(str(exc or type(exc).__name__), None if conn is None or not conn.is_open else conn.close)
 
     def _connection(self) -> BlockingConnection:
         """The open connection, made now if needed (with back-off after failures). BrokerError."""
@@ -171,10 +160,7 @@ class AMQPTransport(AMQPPublishing, Transport):
             return self._conn
         if self._conn is not None:
             self._lost(BrokerError("the connection was closed"))
-        now = time.monotonic()
-        if now < self._retry_at:
-            raise BrokerError(f"RabbitMQ at {redact_url(self.url)} is unreachable; "
-                              f"next attempt in {self._retry_at - now:.1f}s")
+        self._link.check()
         try:
             conn = pika.BlockingConnection(self._params)
             pub = conn.channel()
@@ -189,15 +175,8 @@ class AMQPTransport(AMQPPublishing, Transport):
                     raise pe.AMQPChannelError("no answer to confirm.select")
             sub = conn.channel()
         except _LOST as exc:
-            self._backoff = min(max(self._backoff * 2, 0.1), BACKOFF_MAX)
-            self._retry_at = time.monotonic() + self._backoff
-            if self._down_since is None:
-                self._down_since = now
-                log.warning("cannot reach RabbitMQ at %s (%s)", redact_url(self.url), exc or type(exc).__name__)
-            raise BrokerError(f"cannot reach RabbitMQ at {redact_url(self.url)}: {exc or type(exc).__name__}") from exc
-        if self._down_since is not None:
-            log.warning("RabbitMQ is back after %.1fs", time.monotonic() - self._down_since)
-        self._down_since, self._backoff = None, 0.0
+            raise self._link.failed(str(exc or type(exc).__name__)) from exc
+        self._link.up()
         self._conn, self._pub, self._sub = conn, pub, sub
         self._generation += 1
         self._published = 0
@@ -233,7 +212,7 @@ class AMQPTransport(AMQPPublishing, Transport):
             except _LOST as exc:
                 self._lost(exc)
                 if again:
-                    self._retry_at = 0.0
+                    self._link.retry_at = 0.0
                     return self._call(what, fn)
                 raise BrokerError(f"{what} failed: {exc or type(exc).__name__}") from exc
 
@@ -359,7 +338,7 @@ class AMQPTransport(AMQPPublishing, Transport):
             if left <= 0:
                 return []
             if self._conn is None:
-                time.sleep(min(left, max(0.01, self._retry_at - time.monotonic())))
+                time.sleep(min(left, max(0.01, self._link.retry_at - time.monotonic())))
 
     def _tags(self, deliveries: Sequence[Delivery]) -> list[int]:
         """The tags of ``deliveries`` still held on this connection (others went back with a lost

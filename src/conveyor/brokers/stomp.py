@@ -40,7 +40,7 @@ import stomp
 from ..config import redact_url
 from ..errors import BrokerError, ConfigError
 from .records import Check, Dispatch
-from .transport import Delivery, Transport, prefetch_for, split_options
+from .transport import Delivery, Reconnect, Transport, prefetch_for, split_options
 from .wire import dispatch_body, read_delivery
 
 __all__ = ["STOMPTransport"]
@@ -49,7 +49,6 @@ log = logging.getLogger("conveyor.brokers.stomp")
 
 _OPTIONS = ("prefix", "destination_prefix", "heartbeat", "prefetch", "queue_type", "max_priority")
 RECEIPT_TIMEOUT = 30.0  # seconds a send waits for the server's receipts
-BACKOFF_MAX = 5.0
 QUIET = 0.02  # a fetch that has less than it asked waits this long for one more message
 SETTLE_MAX = 0.2  # ... but no longer than this in all (just subscribed)
 
@@ -137,9 +136,7 @@ class STOMPTransport(Transport):
         self._limits: deque[int] = deque(maxlen=32)
         self._qos = 0
         self._made: set[str] = set()  # queue names (without the destination prefix) used
-        self._retry_at = 0.0
-        self._backoff = 0.0
-        self._down_since: float | None = None
+        self._link = Reconnect(f"the STOMP server at {self.host}:{self.port}", log)
 
     def fork(self) -> STOMPTransport:
         return STOMPTransport(self.url)
@@ -214,14 +211,7 @@ class STOMPTransport(Transport):
     def _lost(self, why: str) -> None:
         conn, self._conn = self._conn, None
         self._forget()
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            log.warning("lost the STOMP connection to %s:%d (%s): reconnecting", self.host, self.port, why)
-        if conn is not None:
-            try:
-                conn.disconnect()
-            except Exception:
-                pass
+        self._link.lost(why, None if conn is None else conn.disconnect)
 
     def _connection(self) -> Any:
         """The connected client, made now if needed (with back-off after failures). BrokerError."""
@@ -231,10 +221,7 @@ class STOMPTransport(Transport):
             return self._conn
         if self._conn is not None:
             self._lost(self._error or "disconnected")
-        now = time.monotonic()
-        if now < self._retry_at:
-            raise BrokerError(f"the STOMP server at {self.host}:{self.port} is unreachable; "
-                              f"next attempt in {self._retry_at - now:.1f}s")
+        self._link.check()
         beat = int(self.heartbeat * 1000)
         conn = stomp.Connection12([(self.host, self.port)], heartbeats=(beat, beat), auto_decode=False,
                                   reconnect_attempts_max=1, vhost=self.vhost, timeout=10)
@@ -248,20 +235,12 @@ class STOMPTransport(Transport):
         try:
             conn.connect(self.login, self.passcode, wait=True)
         except Exception as exc:
-            self._backoff = min(max(self._backoff * 2, 0.1), BACKOFF_MAX)
-            self._retry_at = time.monotonic() + self._backoff
-            if self._down_since is None:
-                self._down_since = now
-                log.warning("cannot reach the STOMP server at %s:%d (%s)", self.host, self.port, exc)
             try:
                 conn.disconnect()
             except Exception:
                 pass
-            raise BrokerError(f"cannot reach the STOMP server at {self.host}:{self.port}: "
-                              f"{self._error or exc or type(exc).__name__}") from exc
-        if self._down_since is not None:
-            log.warning("the STOMP server is back after %.1fs", time.monotonic() - self._down_since)
-        self._down_since, self._backoff = None, 0.0
+            raise self._link.failed(str(self._error or exc or type(exc).__name__)) from exc
+        self._link.up()
         self._conn = conn
         return conn
 
@@ -414,7 +393,7 @@ class STOMPTransport(Transport):
                     if not any(self._buffer.get(q) for q in queues):
                         self._cond.wait(min(left, 0.5))
                     continue
-            time.sleep(min(left, max(0.01, self._retry_at - time.monotonic())))
+            time.sleep(min(left, max(0.01, self._link.retry_at - time.monotonic())))
 
     def _nack(self, conn: Any, deliveries: Sequence[Delivery]) -> None:
         held = self._held(deliveries)

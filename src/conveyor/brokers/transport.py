@@ -22,19 +22,25 @@ worker as its own.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..errors import BrokerError
 from .records import Check, Dispatch, Outcome
 
 if TYPE_CHECKING:
     from .store import Broker
 
-__all__ = ["Delivery", "Service", "Transport", "prefetch_for", "split_options"]
+__all__ = ["Delivery", "Reconnect", "Service", "Transport", "prefetch_for", "split_options"]
+
+#: Seconds at most between two connection attempts of a transport with a server.
+BACKOFF_MAX = 5.0
 
 
 class Service(Protocol):
@@ -163,3 +169,54 @@ def prefetch_for(limits: Sequence[int], ceiling: int) -> int:
     (see ``worker/dispatch.py``), so slow jobs hold few deliveries and fast ones fill the pipe."""
     want = 2 * max(limits, default=1)
     return max(2, min(ceiling, 1 << math.ceil(math.log2(want))))
+
+
+class Reconnect:
+    """The connection state of a transport with a server (AMQP, STOMP): since when it is down, one
+    warning per outage (lost, then back), and the back-off between attempts (0.1 s doubling up to
+    BACKOFF_MAX).
+
+    Args:
+        server: how the logs and errors name the server (``"RabbitMQ"``).
+        log: the transport's logger.
+    """
+
+    def __init__(self, server: str, log: logging.Logger) -> None:
+        self.server = server
+        self.log = log
+        self.down_since: float | None = None
+        self.retry_at = 0.0
+        self.backoff = 0.0
+
+    def lost(self, why: str, close: Any = None) -> None:
+        """The connection was lost (warned once per outage); ``close()`` what is left of it,
+        ignoring its errors."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.log.warning("lost the connection to %s (%s): reconnecting", self.server, why)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
+
+    def check(self) -> None:
+        """Raise BrokerError while the back-off after a failed attempt runs."""
+        now = time.monotonic()
+        if now < self.retry_at:
+            raise BrokerError(f"{self.server} is unreachable; next attempt in {self.retry_at - now:.1f}s")
+
+    def failed(self, why: str) -> BrokerError:
+        """An attempt failed: back off (warned once per outage); the error to raise."""
+        self.backoff = min(max(self.backoff * 2, 0.1), BACKOFF_MAX)
+        self.retry_at = time.monotonic() + self.backoff
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.log.warning("cannot reach %s (%s)", self.server, why)
+        return BrokerError(f"cannot reach {self.server}: {why}")
+
+    def up(self) -> None:
+        """Connected: say how long it was down, if it was."""
+        if self.down_since is not None:
+            self.log.warning("%s is back after %.1fs", self.server, time.monotonic() - self.down_since)
+        self.down_since, self.backoff = None, 0.0

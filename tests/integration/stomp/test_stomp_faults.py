@@ -11,4 +11,4 @@ def test_sigkill_storm_while_5000_jobs_drain_loses_none_over_stomp(redis_project
 
 
 def test_rabbitmq_closing_every_stomp_connection_loses_nothing(redis_project: Project) -> None:
-    server_closes_every_connection(redis_project, "lost the STOMP connection", "the STOMP server is back")
+    server_closes_every_connection(redis_project, "lost the connection to the STOMP server", "is back after")
