@@ -15,7 +15,7 @@ from conveyor.testing import require_service
 
 STOMP_URL = os.environ.get("CONVEYOR_TEST_STOMP_URL", "stomp://guest:guest@127.0.0.1:61613/")
 AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-STORES = ("sqlite", "redis")
+STORES = ("sqlite", "redis", "postgres")
 
 
 class DroppingSTOMPTransport(STOMPTransport):

@@ -1,6 +1,6 @@
 """The ``zmq://`` transport on the contract suite's pairing axis: a hub of its own per test, bound
-on a free local port (``serve()``: what a worker's supervisor does), paired with SQLite and Redis.
-``drop()`` stops the hub at teardown."""
+on a free local port (``serve()``: what a worker's supervisor does), paired with SQLite, Redis
+and PostgreSQL. ``drop()`` stops the hub at teardown."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conveyor.brokers.zmq import ZMQTransport
 
-STORES = ("sqlite", "redis")
+STORES = ("sqlite", "redis", "postgres")
 
 
 def free_port() -> int:
