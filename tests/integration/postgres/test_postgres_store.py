@@ -170,3 +170,38 @@ def test_the_claim_reads_the_partial_index_of_claimable_rows(store: PostgresBrok
             f"EXPLAIN SELECT seq FROM {store.schema}.conveyor_jobs WHERE state = 'queued' AND queue = 'default' "
             "ORDER BY priority DESC, seq LIMIT 10 FOR UPDATE SKIP LOCKED").fetchall()
     assert "conveyor_jobs_ready" in "\n".join(r[0] for r in plan)
+
+
+def test_a_lease_extension_is_no_change_but_each_transition_is_one(store: PostgresBroker) -> None:
+    """Schema version 2 logs every updated row (no old/new join), except in statements marked quiet:
+    a longer lease is not news for the dashboard; a claim and an ack are one change each."""
+    job = _msg()
+    store.enqueue([job])
+    _, cursor = store.changes(None)
+    [lease] = store.fetch(["default"], 1, 30.0, "c1")
+    events, cursor = store.changes(cursor)
+    assert [(e.data["id"], e.data["state"]) for e in events if e.kind == "job"] == [(job.id, "running")]
+    assert store.extend([(job.id, lease.token)], 60.0).lost == set()
+    assert store.changes(cursor) == ([], cursor)
+    assert store.ack([Outcome(job.id, lease.token, "succeeded", result=b"1")]) == [True]
+    events, cursor = store.changes(cursor)
+    assert [(e.data["id"], e.data["state"]) for e in events if e.kind == "job"] == [(job.id, "succeeded")]
+
+
+def test_listing_by_state_uses_an_index_for_every_state(store: PostgresBroker) -> None:
+    """The listing index leaves out queued, running and succeeded jobs (the hot path writes none of
+    its entries): those listings are still served, by the other indexes."""
+    jobs = [_msg() for _ in range(6)]
+    store.enqueue(jobs)
+    leases = store.fetch(["default"], 4, 30.0, "c1")
+    store.ack([Outcome(leases[0].job_id, leases[0].token, "succeeded"),
+               Outcome(leases[1].job_id, leases[1].token, "failed", error={"type": "E", "message": "m"})])
+    by_state = {state: {r.id for r in store.list_jobs(state=state).jobs}
+                for state in ("queued", "running", "succeeded", "failed")}
+    assert by_state == {"queued": {jobs[4].id, jobs[5].id}, "running": {leases[2].job_id, leases[3].job_id},
+                        "succeeded": {leases[0].job_id}, "failed": {leases[1].job_id}}
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = conn.execute(f"EXPLAIN SELECT * FROM {store.schema}.conveyor_jobs WHERE state = 'failed' "
+                            "ORDER BY id DESC LIMIT 51").fetchall()
+    assert "conveyor_jobs_listing" in "\n".join(r[0] for r in plan)

@@ -154,8 +154,10 @@ class PostgresLifecycle:
 
     def wait_for(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """Block until the job ends: the job is listed in ``conveyor_waiters``, whose rows the jobs
-        table's trigger NOTIFYs (payload: the job's id) when they end; a re-read every 50 ms to
-        1 s covers a notification missed (a job that ended while this wait was being registered)."""
+        table's trigger NOTIFYs (payload: the job's id) when they end; a re-read after 2 ms, doubling up to
+        1 s covers a notification missed: a job whose ack was being committed while this wait was
+        registered (the ack's trigger did not see the waiter yet, and this read did not see the ack
+        yet). That window is one commit's WAL flush, so the first re-read comes after 2 ms."""
         waits = self._waits() if self.notify else None
         if waits is None or not waits.listening():
             polled: JobRecord | None = JobStore.wait_for(self, job_id, timeout)  # type: ignore[arg-type]
@@ -176,7 +178,7 @@ class PostgresLifecycle:
 
         record: JobRecord | None = self._run(register)
         waits.done.append(job_id)
-        pause = 0.05
+        pause = 0.002
         while record is not None and record.state not in TERMINAL_STATES:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -246,8 +248,15 @@ class PostgresLifecycle:
         result = ExtendResult()
         if not leases:
             return result
-        rows = self._exec("extend", {"id": [j for j, _ in leases], "token": [t for _, t in leases],
-                                     "deadline": self.clock() + lease})
+        params = {"id": [j for j, _ in leases], "token": [t for _, t in leases], "deadline": self.clock() + lease}
+
+        def work(conn: psycopg.Connection[Any]) -> list[Any]:
+            with conn.pipeline(), conn.transaction():  # one round trip; a longer lease is no news
+                conn.execute(self.q["quiet"])
+                cur = conn.execute(self.q["extend"], params)
+            return cur.fetchall()
+
+        rows = self._run(work)
         held = {job_id: cancel for job_id, cancel in rows}
         for job_id, _ in leases:
             if job_id not in held:

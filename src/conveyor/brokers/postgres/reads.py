@@ -127,6 +127,8 @@ class PostgresReads:
             if value is not None:
                 where.append(f"{column} = %({column})s")
                 params[column] = value
+        if state == "running":
+            where.append("lease_until IS NOT NULL")  # the same rows: lets the planner take conveyor_jobs_leases
         if cursor is not None:
             where.append("id < %(cursor)s")
             params["cursor"] = cursor
