@@ -17,9 +17,7 @@ import random
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterator
-from itertools import pairwise
 from pathlib import Path
 
 import pika
@@ -32,6 +30,7 @@ from redis_support import CONVEYOR, REDIS_URL, TASKS, Worker
 from conveyor import Conveyor
 from conveyor.brokers import JobRecord
 from conveyor.testing import require_service, wait_for
+from fault_ledger import ledger_report as report_of
 
 AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 STOMP_URL = os.environ.get("CONVEYOR_TEST_STOMP_URL", "stomp://guest:guest@127.0.0.1:61613/")
@@ -213,19 +212,5 @@ def server_closes_every_connection(project: Project, lost: str, back: str) -> No
 
 
 def ledger_report(project: Project, job_ids: list[str]) -> dict[str, list[str]]:
-    """Lost (no finished run), duplicated (more than one finished run) and overlapping (two runs of
-    one job at the same time) jobs, from the ledger the task keeps outside the store. (As the
-    Redis fault tests count them; not imported from there: test modules of one basename in two
-    folders would clash.)"""
-    starts: dict[tuple[str, str, str], float] = {}
-    runs: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for kind, job_id, attempt, pid, at in project.ledger():
-        if kind == "start":
-            starts[(job_id, attempt, pid)] = float(at)
-        else:
-            runs[job_id].append((starts[(job_id, attempt, pid)], float(at)))
-    overlapping = [job_id for job_id, spans in runs.items()
-                   if any(later[0] < earlier[1] for earlier, later in pairwise(sorted(spans)))]
-    return {"lost": [j for j in job_ids if not runs.get(j)],
-            "duplicated": [j for j in job_ids if len(runs.get(j, [])) > 1],
-            "overlapping": overlapping}
+    """Lost, duplicated and overlapping jobs, from the ledger the task keeps outside the store."""
+    return report_of(project.ledger(), job_ids)

@@ -8,8 +8,6 @@ import random
 import signal
 import threading
 import time
-from collections import defaultdict
-from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -17,26 +15,12 @@ import redis
 from redis_support import REDIS_URL, Project, RedisServer, wait_for
 
 from conveyor.errors import ConveyorError
+from fault_ledger import ledger_report as report_of
 
 
 def ledger_report(project: Project, job_ids: list[str]) -> dict[str, list[str]]:
-    """Lost (no finished run), duplicated (more than one finished run) and overlapping (two runs of
-    one job at the same time) jobs, from the ledger the task keeps outside Redis."""
-    starts: dict[tuple[str, str, str], float] = {}
-    runs: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for kind, job_id, attempt, pid, at in project.ledger():
-        if kind == "start":
-            starts[(job_id, attempt, pid)] = float(at)
-        else:
-            runs[job_id].append((starts[(job_id, attempt, pid)], float(at)))
-    overlapping = []
-    for job_id, spans in runs.items():
-        spans.sort()
-        if any(later[0] < earlier[1] for earlier, later in pairwise(spans)):
-            overlapping.append(job_id)
-    return {"lost": [j for j in job_ids if not runs.get(j)],
-            "duplicated": [j for j in job_ids if len(runs.get(j, [])) > 1],
-            "overlapping": overlapping}
+    """Lost, duplicated and overlapping jobs, from the ledger the task keeps outside Redis."""
+    return report_of(project.ledger(), job_ids)
 
 
 def succeeded(project: Project, n: int) -> bool:

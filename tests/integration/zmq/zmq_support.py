@@ -14,8 +14,6 @@ import itertools
 import os
 import socket
 import subprocess
-from collections import defaultdict
-from itertools import pairwise
 from pathlib import Path
 
 import uuid_utils
@@ -23,6 +21,7 @@ import uuid_utils
 from acceptance.harness import CONVEYOR, Worker
 from conveyor import Conveyor
 from conveyor.testing import require_service, wait_for
+from fault_ledger import ledger_report as report_of
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
@@ -170,20 +169,8 @@ class Project:
         return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
     def ledger_report(self, job_ids: list[str]) -> dict[str, list[str]]:
-        """Lost (no finished run), duplicated (more than one finished run) and overlapping (two
-        runs of one job at the same time) jobs."""
-        starts: dict[tuple[str, str, str], float] = {}
-        runs: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for kind, job_id, attempt, pid, at in self.ledger():
-            if kind == "start":
-                starts[(job_id, attempt, pid)] = float(at)
-            else:
-                runs[job_id].append((starts[(job_id, attempt, pid)], float(at)))
-        overlapping = [job_id for job_id, spans in runs.items()
-                       if any(b[0] < a[1] for a, b in pairwise(sorted(spans)))]
-        return {"lost": [j for j in job_ids if not runs.get(j)],
-                "duplicated": [j for j in job_ids if len(runs.get(j, [])) > 1],
-                "overlapping": overlapping}
+        """Lost, duplicated and overlapping jobs, from the ledger the task keeps outside the store."""
+        return report_of(self.ledger(), job_ids)
 
     def cleanup(self) -> None:
         for worker in self.workers:
