@@ -188,7 +188,8 @@ class Runner:
             self._marks = [m for m in marks if now - m[2] < MARK_AFTER]
             marks = [m for m in marks if now - m[2] >= MARK_AFTER]
         if marks and self.broker.supports_start_marks:  # else the ack writes the start
-            self.broker.mark_started(marks)
+            with self._flush_lock:  # never beside an ack of the same rows (see beat)
+                self.broker.mark_started(marks)
 
     def add_ack(self, outcome: Outcome) -> int:
         """Queue an outcome for the next batched ack; returns how many wait."""
@@ -433,7 +434,12 @@ class Runner:
             leases = [(lease.job_id, lease.token) for lease in self.held.values()]
         if not leases:
             return
-        result = self.broker.extend(leases, self.settings.lease)
+        # Held leases include finished jobs whose ack may be in flight on the acker thread: two
+        # transactions of one consumer updating the same rows in different orders can deadlock
+        # (PostgreSQL then aborts one after deadlock_timeout, 1 s). A consumer's writes to its own
+        # leases therefore take turns.
+        with self._flush_lock:
+            result = self.broker.extend(leases, self.settings.lease)
         with self.lock:
             for job_id in result.cancel_requested:
                 if job_id in self.running:

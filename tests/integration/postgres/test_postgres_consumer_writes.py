@@ -1,0 +1,94 @@
+"""A consumer's own writes to its leases take turns on PostgreSQL.
+
+The heartbeat thread extends every held lease, and held leases include finished jobs whose ack the
+acker thread may be sending at that moment. Two transactions updating the same rows in different
+orders deadlock; PostgreSQL aborts one after ``deadlock_timeout`` (1 s), and an aborted ack makes
+its jobs run again. Seen in the peer benchmark's drain ("ack of 40 job(s) failed: deadlock
+detected"); the fix is that the runner never sends an extend or start marks beside an ack.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import pytest
+import uuid_utils
+
+from conveyor import Conveyor
+from conveyor.brokers import Message, Outcome
+from conveyor.brokers.postgres import PostgresBroker
+from conveyor.brokers.records import ExtendResult
+from conveyor.testing import require_service
+from conveyor.worker.runner import Runner
+
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+PAYLOAD = b'{"args":[],"kwargs":{}}'
+
+
+class OverlapRecordingBroker(PostgresBroker):
+    """The real store, which also records whether an extend ever ran while an ack was in flight."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.in_ack = threading.Event()
+        self.overlaps = 0
+        self.extends = 0
+
+    def fork(self) -> OverlapRecordingBroker:
+        return self
+
+    def ack(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        self.in_ack.set()
+        try:
+            time.sleep(0.01)  # widen the window an extend could fall into
+            return super().ack(outcomes)
+        finally:
+            self.in_ack.clear()
+
+    def extend(self, leases: Sequence[tuple[str, int]], lease: float) -> ExtendResult:
+        if self.in_ack.is_set():
+            self.overlaps += 1
+        self.extends += 1
+        return super().extend(leases, lease)
+
+
+@pytest.fixture
+def broker() -> Iterator[OverlapRecordingBroker]:
+    require_service(POSTGRES_URL, "PostgreSQL")
+    made = OverlapRecordingBroker(f"{POSTGRES_URL}?schema=writes_{uuid_utils.uuid7().hex[-16:]}")
+    made.migrate()
+    made.open()
+    yield made
+    made.drop()
+
+
+def test_a_heartbeat_never_extends_leases_while_their_ack_is_in_flight(broker: OverlapRecordingBroker) -> None:
+    app = Conveyor("memory://")
+    runner = Runner(app, broker, app.settings, "consumer-1")
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.is_set():
+            runner.beat()
+
+    beating = threading.Thread(target=heartbeat)
+    beating.start()
+    try:
+        for _ in range(20):
+            broker.enqueue([Message(id=str(uuid_utils.uuid7()), task="t", queue="default", payload=PAYLOAD)
+                            for _ in range(50)])
+            leases = broker.fetch(["default"], 50, 30.0, "consumer-1")
+            runner.hold(leases)
+            runner.shed()
+            for lease in reversed(leases):  # finished in another order than they were leased
+                runner.add_ack(Outcome(lease.job_id, lease.token, "succeeded", result=b"null"))
+            runner.flush_acks()
+    finally:
+        stop.set()
+        beating.join()
+    assert broker.extends > 0
+    assert broker.overlaps == 0
+    assert broker.counts() == {"default": {"succeeded": 1000}}
