@@ -116,6 +116,40 @@ def test_the_change_feed_is_exact_whatever_order_transactions_commit_in(store: P
         restarted.close()
 
 
+def test_the_change_log_forgets_old_changes_keeps_the_newest_and_resets_outdated_cursors(
+        store: PostgresBroker) -> None:
+    """Trimmed by age along its primary key (schema version 3 has no index on the time): old
+    changes go, young ones stay, the newest always stays, and a cursor older than the trim gets a
+    reset instead of a silent gap."""
+    from conveyor.brokers.postgres.reads import EVENT_AGE
+
+    now = [time.time()]
+    clocked = PostgresBroker(store.url, clock=lambda: now[0])
+    clocked.open()
+    try:
+        _, early = clocked.changes(None)
+        old = [_msg() for _ in range(3)]
+        clocked.enqueue(old)
+        now[0] += EVENT_AGE + 60
+        young = _msg()
+        clocked.enqueue([young])
+        clocked.recover()  # the supervisor's maintenance trims the log
+        events, _ = clocked.changes(early)
+        assert [e.kind for e in events] == ["reset"]
+        rows = [r[0] for r in store._exec("get_many", {"ids": [m.id for m in [*old, young]]})]
+        assert len(rows) == 4  # the jobs stay; only their log entries went
+        with psycopg.connect(POSTGRES_URL) as conn:
+            logged = conn.execute(f'SELECT count(*) FROM "{store.schema}".conveyor_changes').fetchone()
+        assert logged == (1,)  # the young job's entry
+        now[0] += EVENT_AGE + 60
+        clocked.recover()
+        with psycopg.connect(POSTGRES_URL) as conn:
+            logged = conn.execute(f'SELECT count(*) FROM "{store.schema}".conveyor_changes').fetchone()
+        assert logged == (1,)  # all old now, but the newest stays so cursors never restart
+    finally:
+        clocked.close()
+
+
 def test_retention_prunes_in_batches(store: PostgresBroker) -> None:
     """More finished jobs than one batch: all old ones go, the young and the active stay."""
     from conveyor.brokers.postgres import reads

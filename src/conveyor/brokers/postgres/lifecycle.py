@@ -101,15 +101,17 @@ class PostgresLifecycle:
         return self._run(lambda conn: insert_jobs(conn, self.q, messages, now))  # type: ignore[no-any-return]
 
     def _insert_one(self, conn: psycopg.Connection[Any], m: Message, now: float) -> list[str]:
+        if m.key is not None:  # unique: the job holding the key may answer instead
+            return insert_jobs(conn, self.q, [m], now)
         scheduled = m.run_at is not None and m.run_at > now
-        row = conn.execute(self.q["insert_one"], {
-            "id": m.id, "task": m.task, "queue": m.queue, "state": "scheduled" if scheduled else "queued",
-            "priority": m.priority, "payload": m.payload, "key": m.key, "max_attempts": m.max_attempts,
-            "timeout": m.timeout, "created_at": m.created_at or now, "run_at": m.run_at if scheduled else now,
-            "updated_at": now}).fetchone()
-        if row is not None:
-            return [m.id]
-        return insert_jobs(conn, self.q, [m], now)  # a duplicate: which job holds its key
+        try:
+            conn.execute(self.q["insert_one"], {
+                "id": m.id, "task": m.task, "queue": m.queue, "state": "scheduled" if scheduled else "queued",
+                "priority": m.priority, "payload": m.payload, "max_attempts": m.max_attempts, "timeout": m.timeout,
+                "created_at": m.created_at or now, "run_at": m.run_at if scheduled else now, "updated_at": now})
+        except psycopg.errors.UniqueViolation:  # a retried enqueue of a stored message: as a batch does
+            return insert_jobs(conn, self.q, [m], now)
+        return [m.id]
 
     def _copy(self, conn: psycopg.Connection[Any], messages: Sequence[Message], now: float) -> list[str]:
         try:

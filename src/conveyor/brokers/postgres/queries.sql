@@ -13,13 +13,13 @@ ON CONFLICT DO NOTHING
 RETURNING id
 
 -- name: insert_one
--- The insert of one message (single enqueue), without the arrays.
-INSERT INTO {s}.conveyor_jobs (id, task, queue, state, priority, payload, key, max_attempts, timeout,
+-- The insert of one key-less message (single enqueue), without the arrays, and without ON CONFLICT:
+-- a speculative insertion checks every unique index first and writes one more WAL record. A reused
+-- id (a retried enqueue) fails on the id's index instead, and goes through "insert".
+INSERT INTO {s}.conveyor_jobs (id, task, queue, state, priority, payload, max_attempts, timeout,
                                created_at, run_at, updated_at)
-VALUES (%(id)s, %(task)s, %(queue)s, %(state)s, %(priority)s, %(payload)s, %(key)s, %(max_attempts)s,
+VALUES (%(id)s, %(task)s, %(queue)s, %(state)s, %(priority)s, %(payload)s, %(max_attempts)s,
         %(timeout)s, %(created_at)s, %(run_at)s, %(updated_at)s)
-ON CONFLICT DO NOTHING
-RETURNING id
 
 -- name: copy
 -- A batch without keys: COPY, the cheapest bulk load (the statement triggers fire as for INSERT). A
@@ -258,12 +258,17 @@ SELECT pg_current_snapshot()::text, pg_snapshot_xmax(pg_current_snapshot())::tex
        (SELECT value FROM {s}.conveyor_settings WHERE name = 'changes_trimmed')
 
 -- name: trim_changes
--- Old changes go; the newest always stays, and the trim's end is kept for the cursors it outdated.
-WITH gone AS (
-    DELETE FROM {s}.conveyor_changes
-    WHERE at < %(cutoff)s
-      AND (tx, id) < (SELECT tx, id FROM {s}.conveyor_changes ORDER BY tx DESC, id DESC LIMIT 1)
-    RETURNING tx, id
+-- Old changes go: every change before the first one (in (tx, id) order, the primary key's) that is
+-- young enough to keep, or before the newest when none is. The newest always stays, and the trim's
+-- end is kept for the cursors it outdated.
+WITH edge AS (
+    SELECT coalesce(
+        (SELECT ROW(tx, id) FROM {s}.conveyor_changes WHERE at >= %(cutoff)s ORDER BY tx, id LIMIT 1),
+        (SELECT ROW(tx, id) FROM {s}.conveyor_changes ORDER BY tx DESC, id DESC LIMIT 1)) AS k
+), gone AS (
+    DELETE FROM {s}.conveyor_changes c USING edge
+    WHERE ROW(c.tx, c.id) < edge.k
+    RETURNING c.tx, c.id
 )
 INSERT INTO {s}.conveyor_settings (name, value)
 SELECT 'changes_trimmed', tx::text || '-' || id FROM gone ORDER BY tx DESC, id DESC LIMIT 1
