@@ -16,8 +16,8 @@ Phases (each on a schema of its own, dropped and made again with ``conveyor migr
   (floor, ours, floor, ours …). Two floors: ``plain`` is a plain table ``(id identity primary key,
   task text, payload bytea)``, the bar of the issue; ``jobs`` is the same one-row INSERT into
   ``conveyor_jobs`` itself (its indexes and triggers, no Python).
-* ``bulk``: ``noop.enqueue_many`` in batches of ``--batch``, and a COPY of as many rows into the plain
-  table (the floor).
+* ``bulk``: ``noop.enqueue_many`` in batches of ``--batch`` (``--bulk-n`` jobs), and a COPY of as many
+  rows into the plain table (the floor), in ``--blocks`` alternating blocks; medians of the blocks.
 * ``drain``: ``python -m bench --phases drain,latency`` (the usual harness: 2 worker processes, a
   no-op task, ``--n`` jobs, then ``--latency-n`` sequential ``enqueue(i).result()``); then again
   with each URL option of ``--drain-options`` (default ``async_acks=1``).
@@ -139,27 +139,36 @@ def phase_enqueue(url: str, n: int, blocks: int) -> dict[str, Any]:
 
 
 # -- enqueue_many -----------------------------------------------------------------------------
-def phase_bulk(url: str, n: int, batch: int) -> dict[str, Any]:
+def phase_bulk(url: str, n: int, batch: int, blocks: int = 3) -> dict[str, Any]:
+    """``blocks`` alternating blocks of ``n`` jobs each: ours (``enqueue_many`` in batches of
+    ``batch``), then the floor (a COPY of as many rows into a plain table); medians of the blocks."""
     store_url = fresh_store(url, "cbench_bulk")
     app, noop = make_app(store_url)
-    c0, t0 = time.process_time(), time.perf_counter()
-    for start in range(0, n, batch):
-        noop.enqueue_many([(i,) for i in range(start, min(n, start + batch))])
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    app.close()
+    noop.enqueue_many([(i,) for i in range(batch)])  # warm: connection, types
+    rates: dict[str, list[float]] = {"ours": [], "floor": []}
+    cpus: list[float] = []
     with psycopg.connect(libpq(store_url), autocommit=True) as conn:
-        queued = conn.execute("SELECT count(*) FROM cbench_bulk.conveyor_jobs WHERE state = 'queued'").fetchone()
         conn.execute("CREATE TABLE cbench_bulk.bare (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                      "task text NOT NULL, payload bytea NOT NULL)")
-        t1 = time.perf_counter()
-        for start in range(0, n, batch):
-            with conn.cursor() as cur, cur.copy("COPY cbench_bulk.bare (task, payload) FROM STDIN") as copy:
-                for i in range(start, min(n, start + batch)):
-                    copy.write_row(("noop", b'{"args":[%d]}' % i))
-        floor = n / (time.perf_counter() - t1)
-    return {"jobs_per_s": round(n / wall, 1), "cpu_us_per_job": round(cpu / n * 1e6, 2), "n": n, "batch": batch,
-            "queued_after": queued[0] if queued else None, "floor_copy_jobs_per_s": round(floor, 1),
-            "vs_floor": round(n / wall / floor, 3)}
+        for _ in range(blocks):
+            c0, t0 = time.process_time(), time.perf_counter()
+            for start in range(0, n, batch):
+                noop.enqueue_many([(i,) for i in range(start, min(n, start + batch))])
+            rates["ours"].append(n / (time.perf_counter() - t0))
+            cpus.append((time.process_time() - c0) / n * 1e6)
+            t1 = time.perf_counter()
+            for start in range(0, n, batch):
+                with conn.cursor() as cur, cur.copy("COPY cbench_bulk.bare (task, payload) FROM STDIN") as copy:
+                    for i in range(start, min(n, start + batch)):
+                        copy.write_row(("noop", b'{"args":[%d]}' % i))
+            rates["floor"].append(n / (time.perf_counter() - t1))
+        queued = conn.execute("SELECT count(*) FROM cbench_bulk.conveyor_jobs WHERE state = 'queued'").fetchone()
+    app.close()
+    ours, floor = statistics.median(rates["ours"]), statistics.median(rates["floor"])
+    return {"jobs_per_s": round(ours, 1), "cpu_us_per_job": round(statistics.median(cpus), 2), "n": n,
+            "batch": batch, "blocks": {k: [round(x) for x in v] for k, v in rates.items()},
+            "queued_after": queued[0] if queued else None, "queued_expected": batch + n * blocks,
+            "floor_copy_jobs_per_s": round(floor, 1), "vs_floor": round(ours / floor, 3)}
 
 
 # -- drain and latency (the usual harness) ----------------------------------------------------
@@ -296,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phases", default="peers,enqueue,bulk,drain,claim")
     ap.add_argument("--n", type=int, default=20000, help="drain N")
     ap.add_argument("--enqueue-n", type=int, default=1000, help="single enqueues per block")
-    ap.add_argument("--blocks", type=int, default=3, help="alternating blocks of the enqueue phase")
+    ap.add_argument("--blocks", type=int, default=3, help="alternating blocks of the enqueue and bulk phases")
     ap.add_argument("--bulk-n", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--latency-n", type=int, default=500)
@@ -330,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             elif phase == "enqueue":
                 res = phase_enqueue(a.url, a.enqueue_n, a.blocks)
             elif phase == "bulk":
-                res = phase_bulk(a.url, a.bulk_n, a.batch)
+                res = phase_bulk(a.url, a.bulk_n, a.batch, a.blocks)
             elif phase == "drain":
                 res = phase_drain(a.url, a.n, a.latency_n)
                 for option in [o for o in a.drain_options.split(",") if o]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import random
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Union
@@ -391,15 +391,21 @@ class TaskCall(Generic[P, R]):
         task, opts, plan = self.task, self.opts, self._plan()
         app = task.app
         now = app.broker.clock()  # one enqueue time for the batch
-        msgs = []
-        for i, item in enumerate(calls):
-            args, kwargs = _split_call(item)
-            try:
-                msgs.append(task._message(args, kwargs, opts, plan, now))
-            except InvalidArguments as exc:
-                raise InvalidArguments(task.name, [{**e, "argument": f"[{i}].{e['argument']}"}
-                                                   for e in exc.errors]) from None
-        ids = _store_messages(app, msgs, opts.get("connection")) if msgs else []
+
+        def build() -> Iterator[Message]:
+            for i, item in enumerate(calls):
+                args, kwargs = _split_call(item)
+                try:
+                    yield task._message(args, kwargs, opts, plan, now)
+                except InvalidArguments as exc:
+                    raise InvalidArguments(task.name, [{**e, "argument": f"[{i}].{e['argument']}"}
+                                                       for e in exc.errors]) from None
+
+        if plan is not None and plan.key is None and opts.get("connection") is None:
+            ids = app.broker.enqueue_stream(build())  # the store may write while the rest is built
+        else:
+            msgs = list(build())
+            ids = _store_messages(app, msgs, opts.get("connection")) if msgs else []
         return [Job(app, job_id, task) for job_id in ids]
 
 

@@ -123,6 +123,14 @@ class JobStore(DefaultQueries, ABC):
         """Lease up to ``limit`` ready jobs from ``queues`` (in that order of preference) for
         ``lease`` seconds. Paused queues are skipped. Never blocks."""
 
+    def enqueue_stream(self, messages: Iterable[Message]) -> list[str]:
+        """:meth:`enqueue` of key-less messages that ``messages`` builds one by one, for
+        ``enqueue_many``: a store may start writing before the last one is built (PostgreSQL
+        streams a COPY). An exception raised by ``messages`` stores none of them. By default the
+        messages are built first, then stored as one batch (none: no call)."""
+        batch = list(messages)
+        return self.enqueue(batch) if batch else []
+
     def enqueue_within(self, connection: Any, messages: Sequence[Message]) -> list[str]:
         """:meth:`enqueue` inside the caller's open transaction on ``connection`` (its own database
         connection: psycopg 3, SQLAlchemy, Django, sqlite3): the jobs exist if, and only if, that

@@ -150,6 +150,37 @@ def test_the_change_log_forgets_old_changes_keeps_the_newest_and_resets_outdated
         clocked.close()
 
 
+def test_a_streamed_bulk_enqueue_stores_all_or_nothing(store: PostgresBroker) -> None:
+    """enqueue_many streams its COPY while it builds the messages: a bad call at index 700 aborts
+    it with the index named, nothing is stored, and the store goes on; a batch sent again (a
+    retry after a lost answer) is not doubled."""
+    from conveyor import Conveyor
+    from conveyor.errors import InvalidArguments
+
+    app = Conveyor(store.url)
+
+    @app.task
+    def add(x: int) -> int:
+        return x
+
+    app.open()
+    try:
+        calls: list[object] = [(i,) for i in range(1000)]
+        calls[700] = ("not a number",)
+        with pytest.raises(InvalidArguments, match=r"\[700\]"):
+            add.enqueue_many(calls)
+        assert store.counts() == {}
+        jobs = add.enqueue_many([(i,) for i in range(1000)])
+        assert len({j.id for j in jobs}) == 1000
+        assert store.counts() == {"default": {"queued": 1000}}
+    finally:
+        app.close()
+    again = [_msg() for _ in range(50)]
+    first = store.enqueue_stream(iter(again))
+    assert store.enqueue_stream(iter(again)) == first == [m.id for m in again]
+    assert store.counts() == {"default": {"queued": 1050}}
+
+
 def test_retention_prunes_in_batches(store: PostgresBroker) -> None:
     """More finished jobs than one batch: all old ones go, the young and the active stay."""
     from conveyor.brokers.postgres import reads

@@ -6,9 +6,10 @@ arrays (``unnest``), so a batch costs one round trip whatever its size.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -113,18 +114,40 @@ class PostgresLifecycle:
             return insert_jobs(conn, self.q, [m], now)
         return [m.id]
 
-    def _copy(self, conn: psycopg.Connection[Any], messages: Sequence[Message], now: float) -> list[str]:
+    def enqueue_stream(self, messages: Iterable[Message]) -> list[str]:
+        """Key-less messages streamed into one COPY while they are built: the server stores the
+        first rows while the client builds the next ones. The COPY is one statement: an exception
+        raised while building aborts it, and nothing is stored. Fewer than COPY_MIN: ``enqueue``."""
+        source = iter(messages)
+        head = list(itertools.islice(source, COPY_MIN))
+        if len(head) < COPY_MIN:
+            return self.enqueue(head) if head else []
+        now = self.clock()
+        built: list[Message] = []  # what an earlier attempt took from ``source`` (a lost connection)
+
+        def work(conn: psycopg.Connection[Any]) -> list[str]:
+            return self._copy(conn, itertools.chain(head, list(built), _recorded(source, built)), now)
+
+        return self._run(work)  # type: ignore[no-any-return]
+
+    def _copy(self, conn: psycopg.Connection[Any], messages: Iterable[Message], now: float) -> list[str]:
+        written: list[Message] = []
+        rows = iter(messages)
         try:
             with conn.cursor() as cur, cur.copy(self.q["copy"]) as copy:
                 copy.set_types(_COPY_TYPES)
-                write = copy.write_row
-                for m in messages:
+                write, keep = copy.write_row, written.append
+                for m in rows:
+                    if m.key is not None:
+                        raise ValueError(f"job {m.id} has a key: it needs the INSERT of enqueue(), not COPY")
+                    keep(m)
                     scheduled = m.run_at is not None and m.run_at > now
                     write((m.id, m.task, m.queue, "scheduled" if scheduled else "queued", m.priority, m.payload,
                            m.max_attempts, m.timeout, m.created_at or now, m.run_at if scheduled else now, now))
         except psycopg.errors.UniqueViolation:  # a retried batch (or a reused id): row by row, as INSERT does
-            return insert_jobs(conn, self.q, messages, now)
-        return [m.id for m in messages]
+            written.extend(rows)
+            return insert_jobs(conn, self.q, written, now)
+        return [m.id for m in written]
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:
         if limit <= 0 or not queues:
@@ -292,6 +315,13 @@ class PostgresLifecycle:
     def release(self, consumer: str, reason: str) -> int:
         return self._lose("lease_until IS NOT NULL AND consumer = %(consumer)s", {"consumer": consumer},
                           {"type": "WorkerLost", "message": reason})
+
+
+def _recorded(source: Iterator[Message], into: list[Message]) -> Iterator[Message]:
+    """``source``'s messages, each also appended to ``into`` as it is taken."""
+    for m in source:
+        into.append(m)
+        yield m
 
 
 class Waits:
