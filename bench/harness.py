@@ -18,32 +18,23 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import datetime as dt
 import json
 import os
-import platform
-import re
 import shlex
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psutil
+from .common import ROOT, log
+from .machine import CpuWindow, calibrate, git_info, machine_info, wait_quiet
+from .processes import TASK_APP, Worker, conveyor_command, producer, pyspy_command, stop_all, stop_spy
+from .stores import Probe, fresh_database, monitor_app, queue_counts, redact, sqlite_audit
 
-from .producer import RESULT_PREFIX
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("enqueue", "bulk", "drain", "latency")
-TASK_APP = "bench.tasks:app"
-ERR_RE = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b")
 
 # Targets of issue #2 (SQLite broker, 2 worker processes, this kind of 2-core machine).
 # The bars of the issues, per broker: #2 (SQLite) and #3 (Redis); 2 worker processes, 2 cores.
@@ -64,375 +55,12 @@ REDIS_TARGETS = {
 }
 
 
-def log(*parts: Any) -> None:
-    print(time.strftime("%H:%M:%S"), *parts, file=sys.stderr, flush=True)
-
-
 def rnd(x: Any, digits: int = 2) -> Any:
     return round(x, digits) if isinstance(x, float) else x
 
 
-# ------------------------------------------------------------------ databases
-def redact(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
-def sqlite_path(url: str) -> tuple[str, str]:
-    """``sqlite:///rel.db?x=y`` -> (absolute file path, query string)."""
-    rest = url[len("sqlite://"):]
-    rest, _, query = rest.partition("?")
-    if not rest.startswith("/") or rest == "/":
-        raise SystemExit(f"--url {url!r}: expected sqlite:///relative.db or sqlite:////absolute/path.db")
-    return os.path.abspath(rest[1:]), query
-
-
-@contextlib.contextmanager
-def fresh_database(url: str, phase: str, keep: bool) -> Iterator[str]:
-    """Yield the broker URL for one phase: a new SQLite file in a new temporary folder beside the
-    file ``url`` names (so the filesystem is the one the user chose), or ``url`` itself with the
-    bench task's queue purged for any other broker."""
-    if url.startswith("sqlite:"):
-        path, query = sqlite_path(url)
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        folder = tempfile.mkdtemp(prefix=f"conveyor-bench-{phase}-", dir=parent)
-        phase_url = "sqlite:///" + os.path.join(folder, os.path.basename(path)) + (f"?{query}" if query else "")
-        try:
-            yield phase_url
-        finally:
-            if keep:
-                log(f"kept {folder}")
-            else:
-                shutil.rmtree(folder, ignore_errors=True)
-    else:
-        purge(url)
-        try:
-            yield url
-        finally:
-            purge(url)
-
-
-def monitor_app(url: str) -> Any:
-    """A task-less app on ``url``: the harness's own view of the store (counts, purge)."""
-    from conveyor import Conveyor
-
-    return Conveyor(url).open()
-
-
-def bench_queue() -> str:
-    from bench.tasks import noop
-
-    return str(noop.queue)
-
-
-def purge(url: str) -> None:
-    from conveyor.brokers import STATES
-
-    app = monitor_app(url)
-    try:
-        n = app.broker.purge(bench_queue(), [s for s in STATES if s != "running"])
-        left = queue_counts(app).get("running", 0)
-        if left:
-            log(f"warning: {left} job(s) still 'running' in queue {bench_queue()!r} (another worker?)")
-        if n:
-            log(f"purged {n} job(s) from queue {bench_queue()!r}")
-    finally:
-        app.close()
-
-
-def queue_counts(app: Any) -> dict[str, int]:
-    return dict(app.broker.counts().get(bench_queue(), {}))
-
-
-def sqlite_audit(url: str) -> dict[str, Any] | None:
-    """Deliveries as the SQLite file records them (attempts > 1 means a job ran twice)."""
-    if not url.startswith("sqlite:"):
-        return None
-    path, _ = sqlite_path(url)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        jobs, attempts, redelivered = conn.execute(
-            "SELECT count(*), coalesce(sum(attempts), 0), coalesce(sum(attempts > 1), 0) FROM conveyor_jobs"
-        ).fetchone()
-    finally:
-        conn.close()
-    sizes = {name: os.path.getsize(path + ext) for name, ext in (("db", ""), ("wal", "-wal"))
-             if os.path.exists(path + ext)}
-    return {"jobs": jobs, "attempts": attempts, "redelivered_jobs": redelivered,
-            "file_mb": {k: round(v / 1e6, 1) for k, v in sizes.items()}}
-
-
-# ------------------------------------------------------------------ processes
-LIVE: set[Worker] = set()
-
-
-def _stop_all() -> None:
-    for w in list(LIVE):
-        w.stop()
-
-
 def _on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through every finally: workers are stopped
-
-
-def phase_env(url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["CONVEYOR_BENCH_URL"] = url
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def conveyor_command() -> list[str]:
-    """The ``conveyor`` script of this environment; ``CONVEYOR_BENCH_WORKER`` (a command line) replaces it
-    for experiments, e.g. a wrapper that patches the broker before calling ``conveyor.cli.main``."""
-    override = os.environ.get("CONVEYOR_BENCH_WORKER")
-    if override:
-        return shlex.split(override)
-    exe = os.path.join(os.path.dirname(sys.executable), "conveyor")
-    if os.path.exists(exe):
-        return [exe]
-    found = shutil.which("conveyor")
-    if not found:
-        raise SystemExit("the `conveyor` script is not installed next to this python or on PATH")
-    return [found]
-
-
-def read_smaps_rollup(pid: int) -> dict[str, int] | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            text = f.read()
-    except OSError:
-        return None
-    out = {}
-    for key in ("Rss", "Pss"):
-        m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
-        if m:
-            out[key.lower()] = int(m.group(1)) * 1024
-    return out
-
-
-class Worker:
-    """``conveyor worker bench.tasks:app --concurrency C`` in its own session (process group)."""
-
-    def __init__(self, url: str, concurrency: int, logpath: str, grace: float = 10.0) -> None:
-        self.url, self.logpath, self.grace = url, logpath, grace
-        self.argv = [*conveyor_command(), "worker", TASK_APP, "--concurrency", str(concurrency),
-                     "--pool", "process"]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.logf = open(self.logpath, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=phase_env(self.url), stdin=subprocess.DEVNULL,
-                                     stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True)
-        LIVE.add(self)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tree(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
-
-    def sample(self) -> dict[str, Any]:
-        """RSS and PSS summed over the supervisor and its children, and CPU seconds of the tree
-        (live processes' own time plus the time of children they have reaped)."""
-        rss = pss = cpu = 0.0
-        have_pss = True
-        n = 0
-        for p in self.tree():
-            try:
-                with p.oneshot():
-                    mem = p.memory_info()
-                    t = p.cpu_times()
-            except psutil.Error:
-                continue
-            n += 1
-            rss += mem.rss
-            cpu += t.user + t.system + t.children_user + t.children_system
-            rollup = read_smaps_rollup(p.pid)
-            if rollup and "pss" in rollup:
-                pss += rollup["pss"]
-            else:
-                have_pss = False
-        return {"procs": n, "rss_mb": rss / 1e6, "pss_mb": pss / 1e6 if have_pss and n else None, "cpu_s": cpu}
-
-    def stop(self) -> dict[str, Any]:
-        """SIGTERM the process group, wait ``grace``, then SIGKILL the group and any straggler."""
-        if self.proc is None or self not in LIVE:
-            return {}
-        LIVE.discard(self)
-        t0 = time.perf_counter()
-        forced = False
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=self.grace)
-        except subprocess.TimeoutExpired:
-            forced = True
-        # Whatever is left of the group (a child that outlived the supervisor) gets SIGKILL.
-        try:
-            os.killpg(self.proc.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            pass
-        else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            forced = True
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self.logf.close()
-        return {"exit_code": self.proc.returncode, "stop_s": time.perf_counter() - t0, "forced_kill": forced}
-
-    def log_errors(self) -> tuple[int, list[str]]:
-        with open(self.logpath, "rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()
-        hits = [line for line in lines if ERR_RE.search(line)]
-        return len(hits), hits[:5]
-
-
-def producer(url: str, mode: str, *args: str, timeout: float = 900.0,
-             profile: str | None = None) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "bench.producer", mode, *args]
-    if profile:
-        argv = [*pyspy_command(), "record", "--format", "raw", "--rate", "250", "-o", profile, "--", *argv]
-    p = subprocess.run(argv, cwd=ROOT, env=phase_env(url), capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in p.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if p.returncode != 0 or not lines:
-        raise RuntimeError(f"producer {mode} failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-    return dict(json.loads(lines[-1][len(RESULT_PREFIX):]))
-
-
-def pyspy_command() -> list[str]:
-    exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
-    found = exe if os.path.exists(exe) else shutil.which("py-spy")
-    if not found:
-        raise SystemExit("--profile needs py-spy: .venv/bin/pip install -e '.[bench]' (or make bench)")
-    return [found]
-
-
-class Probe:
-    """How the drain loop counts finished jobs.
-
-    ``counts``: the store's ``broker.counts()`` (any broker). ``auto``: for ``sqlite://`` two
-    ``count(*)`` over the covering index on (state, id) through a read-only connection, about
-    0.5 ms at 20,000 jobs, where ``counts()`` scans the whole table (about 11 ms of CPU per call at
-    20,000 jobs, which at one poll per 20 ms takes half a core from a 2-core machine); for any other
-    broker ``counts()``."""
-
-    def __init__(self, url: str, kind: str) -> None:
-        self.kind = "sql" if kind == "auto" and url.startswith("sqlite:") else "counts"
-        self.conn: sqlite3.Connection | None = None
-        self.app: Any = None
-        if self.kind == "sql":
-            path, _ = sqlite_path(url)
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-        else:
-            self.app = monitor_app(url)
-
-    def read(self) -> tuple[int, int]:
-        """(succeeded, failed + cancelled)."""
-        if self.conn is not None:
-            ok, bad = self.conn.execute(
-                "SELECT (SELECT count(*) FROM conveyor_jobs WHERE state = 'succeeded'),"
-                " (SELECT count(*) FROM conveyor_jobs WHERE state IN ('failed', 'cancelled'))").fetchone()
-            return int(ok), int(bad)
-        counts = queue_counts(self.app)
-        return counts.get("succeeded", 0), counts.get("failed", 0) + counts.get("cancelled", 0)
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-        if self.app is not None:
-            self.app.close()
-
-
-def _cpu_busy() -> tuple[float, float]:
-    t = psutil.cpu_times()
-    busy = sum(getattr(t, f) for f in ("user", "nice", "system", "irq", "softirq") if hasattr(t, f))
-    return busy, getattr(t, "steal", 0.0)
-
-
-class CpuWindow:
-    """The machine's CPU use over a phase, and how much of it was not ours (other processes on a
-    shared machine make figures noisy: ``other_busy_pct`` says how noisy)."""
-
-    def __init__(self) -> None:
-        self.busy0, self.steal0 = _cpu_busy()
-        self.wall0 = time.perf_counter()
-        self.own0 = time.process_time()
-
-    def result(self, others_cpu_s: float) -> dict[str, Any]:
-        busy1, steal1 = _cpu_busy()
-        wall = time.perf_counter() - self.wall0
-        capacity = wall * (os.cpu_count() or 1)
-        own = others_cpu_s + time.process_time() - self.own0
-        busy = busy1 - self.busy0
-        return {"wall_s": wall, "machine_busy_pct": 100 * busy / capacity,
-                "ours_pct": 100 * own / capacity, "other_busy_pct": max(0.0, 100 * (busy - own) / capacity),
-                "steal_pct": 100 * (steal1 - self.steal0) / capacity}
-
-
-def busy_pct(seconds: float) -> float:
-    b0, _ = _cpu_busy()
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    b1, _ = _cpu_busy()
-    return 100 * (b1 - b0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
-
-
-def calibrate() -> float:
-    """Milliseconds for a fixed pure-Python loop (best of 5): the CPU speed this phase got. On a
-    shared or virtual machine it moves with the neighbours even when no process here is busy."""
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        total = 0
-        for i in range(200_000):
-            total += i * i
-        best = min(best, time.perf_counter() - t0)
-    return best * 1000
-
-
-def wait_quiet(max_wait: float, threshold: float) -> float:
-    """Wait (up to ``max_wait`` s) until the machine is below ``threshold`` % busy for one second;
-    returns the last reading."""
-    deadline = time.monotonic() + max_wait
-    said = False
-    while True:
-        pct = busy_pct(1.0)
-        if pct < threshold or time.monotonic() >= deadline:
-            if pct >= threshold:
-                log(f"machine still {pct:.0f}% busy after waiting {max_wait:.0f}s: measuring anyway")
-            return pct
-        if not said:
-            log(f"machine {pct:.0f}% busy (other processes): waiting for < {threshold:.0f}%")
-            said = True
-
-
-def stop_spy(spy: subprocess.Popen[bytes] | None) -> None:
-    """End a py-spy recorder (SIGINT makes it write its file)."""
-    if spy is None or spy.poll() is not None:
-        return
-    spy.send_signal(signal.SIGINT)
-    try:
-        spy.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        spy.kill()
-        spy.wait()
 
 
 # ------------------------------------------------------------------ phases
@@ -605,51 +233,6 @@ class Bench:
 
 
 # ------------------------------------------------------------------ report
-def git_info() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        p = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return p.stdout.strip()
-
-    import hashlib
-
-    diff = git("diff", "HEAD", "--", "src")
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "src_diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None}
-
-
-def machine_info(url: str) -> dict[str, Any]:
-    cpu_model = None
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        cpu_model = m.group(1).strip() if m else None
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
-        "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "python_impl": platform.python_implementation(),
-        "sqlite": sqlite3.sqlite_version,
-    }
-    with contextlib.suppress(Exception):
-        from importlib.metadata import version
-
-        info["conveyor"] = version("conveyor")
-        for dist in ("orjson", "pydantic", "psutil"):
-            info[dist] = version(dist)
-    if url.startswith("sqlite:"):
-        path, _ = sqlite_path(url)
-        parent = os.path.dirname(path)
-        best = None
-        for part in psutil.disk_partitions(all=True):
-            if (parent + "/").startswith(part.mountpoint.rstrip("/") + "/") and (
-                    best is None or len(part.mountpoint) > len(best.mountpoint)):
-                best = part
-        info["db_filesystem"] = f"{best.fstype} on {best.mountpoint}" if best else None
-    return info
-
-
 def targets(results: dict[str, Any], url: str = "") -> dict[str, Any]:
     bars = REDIS_TARGETS if url.startswith(("redis:", "rediss:")) else TARGETS
     got = {
@@ -792,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     compile_sources()
     _FASTEST.append(calibrate())
-    atexit.register(_stop_all)
+    atexit.register(stop_all)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     bench = Bench(a)
