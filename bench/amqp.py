@@ -6,7 +6,8 @@ Each round runs every configuration once, in turn, so that a shared machine's no
 alike; the JSON printed holds every run and, per configuration, the medians. Every run drains N
 pre-enqueued no-op jobs with 2 worker processes:
 
-* ``amqp+redis``, ``amqp+sqlite``, ``stomp+redis``, ``stomp+sqlite``: ``python -m bench --phases
+* ``amqp+redis``, ``amqp+sqlite``, ``stomp+redis``, ``stomp+sqlite`` (and, asked for by ``--configs``,
+  ``amqp+postgres``, ``stomp+postgres``: a schema of their own): ``python -m bench --phases
   drain`` (the harness: ``conveyor worker --concurrency 2``, timed from its ``Popen`` until the store
   counts N succeeded), on queues of a prefix of their own (deleted afterwards), the store named
   by ``CONVEYOR_STORE`` as an application would (Redis database 1 under a prefix of its own, or a
@@ -43,7 +44,10 @@ AMQP = os.environ.get("CONVEYOR_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/
 STOMP = os.environ.get("CONVEYOR_BENCH_STOMP", "stomp://guest:guest@127.0.0.1:61613/")
 REDIS = os.environ.get("CONVEYOR_BENCH_REDIS", "redis://127.0.0.1:6379/1")
 CELERY_RESULTS = os.environ.get("CONVEYOR_BENCH_CELERY_RESULTS", "redis://127.0.0.1:6379/13")
+POSTGRES = os.environ.get("CONVEYOR_BENCH_POSTGRES", "postgresql://127.0.0.1:5432/test")
 CONFIGS = ("amqp+redis", "celery", "celery-noresult", "amqp+sqlite", "stomp+redis", "stomp+sqlite")
+#: Not in the default round: ``--configs`` adds them (a PostgreSQL server must be there).
+POSTGRES_CONFIGS = ("amqp+postgres", "stomp+postgres")
 FIGURES = ("jobs_per_s", "steady_jobs_per_s", "startup_s", "cpu_s_per_1000_jobs")
 #: The bars of issue #13 for amqp:// + Redis (2 worker processes).
 TARGET_JOBS_PER_S = 5_000
@@ -69,6 +73,11 @@ def conveyor_run(name: str, n: int, folder: str, extra: list[str]) -> dict[str, 
     env = {k: v for k, v in os.environ.items() if k not in ("CONVEYOR_URL", "CONVEYOR_STORE")}
     if store == "redis":
         env["CONVEYOR_STORE"] = f"{REDIS}{'&' if '?' in REDIS else '?'}prefix={prefix}"
+    elif store == "postgres":  # a schema of its own, migrated first and dropped afterwards
+        from conveyor.brokers.postgres import PostgresBroker
+
+        env["CONVEYOR_STORE"] = f"{POSTGRES}{'&' if '?' in POSTGRES else '?'}schema={prefix.replace('-', '_')}"
+        PostgresBroker(env["CONVEYOR_STORE"]).migrate()
     else:
         env["CONVEYOR_STORE"] = f"sqlite:///{tempfile.mkdtemp(dir=folder)}/bench.db"
     out = os.path.join(folder, f"{name}-{time.monotonic_ns()}.json")
@@ -85,6 +94,10 @@ def conveyor_run(name: str, n: int, folder: str, extra: list[str]) -> dict[str, 
             from conveyor.brokers.redis import RedisBroker
 
             RedisBroker(env["CONVEYOR_STORE"]).drop()
+        elif store == "postgres":
+            from conveyor.brokers.postgres import PostgresBroker
+
+            PostgresBroker(env["CONVEYOR_STORE"]).drop()
     return {k: drain.get(k) for k in FIGURES} | {"other_busy_pct": (drain.get("machine") or {}).get("other_busy_pct")}
 
 
