@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -53,7 +54,7 @@ from ..errors import BrokerError, ConfigError
 from .records import Check, Dispatch, Outcome
 from .transport import Delivery, Transport
 from .zmq_hub import Hub, HubOptions
-from .zmq_wire import ZMQOptions, can, decode_deliveries, encode_dispatches, outcome_event
+from .zmq_wire import ANSWER_MAX, ZMQOptions, answer_socket, can, decode_deliveries, encode_dispatches, outcome_event
 
 if TYPE_CHECKING:
     from .store import Broker
@@ -164,6 +165,8 @@ class ZMQTransport(Transport):
         self._grace_until = 0.0
         self._counted_at = 0.0  # when the PUSH socket's monitor events were last read
         self._dealer: zmq.Socket[Any] | None = None  # take/purge requests to the supervisor's hub
+        self._answers: tuple[socket.socket, str] | None = None  # where the hub answers them, when it can
+        self._waiting: zmq.Poller | None = None  # on the dealer and the answers socket
         self._notify: zmq.Socket[Any] | None = None  # settle/requeue/events to it (no answers)
         self._requests = itertools.count(1)
         self._spare: list[Delivery] = []  # late answers: deliveries the hub holds for us
@@ -195,8 +198,11 @@ class ZMQTransport(Transport):
         return None
 
     def _check_fork(self) -> None:
-        if self._pid != os.getpid():  # sockets inherited through fork are never touched
+        if self._pid != os.getpid():  # ZeroMQ sockets inherited through fork are never touched
+            if self._answers is not None:
+                self._answers[0].close()  # a plain file descriptor: the parent keeps its own
             self._push = self._dealer = self._notify = self._monitor = None
+            self._answers = self._waiting = None
             self._spare, self._queue_of, self._own = [], {}, None
             self._pid = os.getpid()
 
@@ -216,7 +222,10 @@ class ZMQTransport(Transport):
         for sock in (self._push, self._dealer, self._notify):
             if sock is not None:
                 sock.close()
+        if self._answers is not None:
+            self._answers[0].close()
         self._push = self._dealer = self._notify = self._monitor = None
+        self._answers = self._waiting = None
         if self._own is not None:
             self._own.close()
             self._own = None
@@ -365,20 +374,41 @@ class ZMQTransport(Transport):
         return sock
 
     def _ask(self, endpoint: str, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Take deliveries from the supervisor's hub. The request goes over the DEALER socket; the
+        answer comes to this process's datagram socket when it fits one (the kernel wakes this
+        thread directly: no ZeroMQ I/O thread on the way, see ``zmq_wire.answer_socket``), else
+        over the DEALER."""
         with self._request_lock:
             if self._dealer is None:
                 self._dealer = self._member_socket(endpoint, "")
+                self._answers = answer_socket()
+                self._waiting = zmq.Poller()
+                self._waiting.register(self._dealer, zmq.POLLIN)
+                if self._answers is not None:
+                    self._waiting.register(self._answers[0], zmq.POLLIN)
+            assert self._waiting is not None
             request = next(self._requests)
-            self._dealer.send_multipart([b"take", orjson.dumps([request, list(queues), limit, timeout])])
+            ask: list[Any] = [request, list(queues), limit, timeout]
+            if self._answers is not None:
+                ask.append(self._answers[1])
+            self._dealer.send_multipart([b"take", orjson.dumps(ask)])
             deadline = time.monotonic() + timeout + 2.0  # the hub answers by then unless it is gone
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._dealer.poll(int(left * 1000) + 1, zmq.POLLIN):
+                ready = dict(self._waiting.poll(int(left * 1000) + 1)) if left > 0 else {}
+                if not ready:
                     log.warning("the worker's zmq:// hub did not answer within %.1fs", timeout + 2.0)
                     return []
-                kind, body = self._dealer.recv_multipart()
-                if kind != b"give":
-                    continue
+                if self._dealer in ready:
+                    kind, body = self._dealer.recv_multipart()
+                    if kind != b"give":
+                        continue
+                else:
+                    assert self._answers is not None
+                    try:
+                        body = self._answers[0].recv(ANSWER_MAX + 1)
+                    except BlockingIOError:
+                        continue
                 answered, got, more = decode_deliveries(body)
                 if answered == request:
                     self._drained = (frozenset(queues), time.monotonic()) if not more else None

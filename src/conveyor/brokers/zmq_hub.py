@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections import deque
@@ -37,7 +38,7 @@ import zmq
 from .records import Dispatch, JobQuery
 from .transport import Delivery
 from .zmq_buffer import TICK, Buffer
-from .zmq_wire import MAX_PUSH, Endpoint, can, decode_dispatches, encode_deliveries
+from .zmq_wire import ANSWER_MAX, MAX_PUSH, Endpoint, can, decode_dispatches, encode_deliveries
 
 if TYPE_CHECKING:
     from .store import JobStore
@@ -77,6 +78,7 @@ class _Parked:
     queues: list[str]
     limit: int
     deadline: float
+    answer_to: str | None
 
 
 class Hub(Buffer):
@@ -102,6 +104,9 @@ class Hub(Buffer):
         self._resender: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        # The thread's socket for answers to members that gave a datagram address (see
+        # zmq_wire.answer_socket).
+        self._answers: socket.socket | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -192,11 +197,14 @@ class Hub(Buffer):
             self._ready.set()
             return
         self._ready.set()
+        self._answers = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._answers.setblocking(False)
         try:
             self._loop(pull, router, pub)
         except Exception:
             log.exception("the zmq:// hub failed; deliveries are resent from the store by the next hub")
         finally:
+            self._answers.close()
             for s in sockets:
                 s.close(0)
 
@@ -274,14 +282,15 @@ class Hub(Buffer):
 
     def _member_message(self, router: zmq.Socket[Any], identity: bytes, kind: bytes, body: bytes) -> None:
         if kind == b"take":
-            request, queues, limit, timeout = orjson.loads(body)
+            request, queues, limit, timeout, *more = orjson.loads(body)
+            answer_to = more[0] if more and isinstance(more[0], str) else None  # a datagram address
             with self._cond:
                 got = self._take_now(queues, int(limit), identity)
             if got or timeout <= 0:
-                self._reply(router, identity, int(request), got, queues)
+                self._reply(router, identity, int(request), got, queues, answer_to)
             else:
                 self._parked.append(_Parked(identity, int(request), list(queues), int(limit),
-                                            time.monotonic() + float(timeout)))
+                                            time.monotonic() + float(timeout), answer_to))
         elif kind == b"settle":
             self.settle(orjson.loads(body))
         elif kind == b"requeue":
@@ -295,11 +304,18 @@ class Hub(Buffer):
             raise ValueError(f"unknown message kind {kind[:20]!r}")
 
     def _reply(self, router: zmq.Socket[Any], identity: bytes, request: int, got: list[Delivery],
-               queues: Sequence[str]) -> None:
+               queues: Sequence[str], answer_to: str | None) -> None:
         with self._cond:
             more = any(self._queues.get(q) for q in queues)
+        body = encode_deliveries(request, got, more)
+        if answer_to is not None and self._answers is not None and len(body) <= ANSWER_MAX:
+            try:
+                self._answers.sendto(body, answer_to)
+                return
+            except OSError:  # gone (then its deliveries come back as from any dead member), or full
+                pass
         try:
-            router.send_multipart([identity, b"give", encode_deliveries(request, got, more)], zmq.NOBLOCK)
+            router.send_multipart([identity, b"give", body], zmq.NOBLOCK)
         except zmq.ZMQError:  # the member went away: what it was given goes back
             self.requeue([d.tag for d in got])
 
@@ -311,7 +327,7 @@ class Hub(Buffer):
             with self._cond:
                 got = self._take_now(p.queues, p.limit, p.identity)
             if got or now >= p.deadline:
-                self._reply(router, p.identity, p.request, got, p.queues)
+                self._reply(router, p.identity, p.request, got, p.queues, p.answer_to)
             else:
                 waiting.append(p)
         self._parked = waiting
