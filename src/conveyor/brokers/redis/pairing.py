@@ -7,11 +7,21 @@ into ``<base>:sending`` until their send is marked done; maintenance sends what 
 again. The scripts (``lua/pairing.lua``) are loaded and run by SHA1 as every other script of the
 Redis store (:mod:`~conveyor.brokers.redis.scripts`). A mixin of
 :class:`~conveyor.brokers.redis.RedisBroker`.
+
+Marking a send done (:meth:`RedisPairing.mark_sent`) costs no round trip of its own: its commands
+go with the next store call of the process, in the same pipeline (a producer's next enqueue, or the
+``watch`` of ``Job.result()``), or at the latest ``UNMARK_WITHIN`` seconds later from a thread of
+their own (and at ``close()``). Until then a maintenance pass may send the job again: a duplicate
+delivery, dropped at claim, as in the moment between a send and its mark on every store. A process
+that dies first leaves the marks: maintenance takes them (a job claimed meanwhile is not sent).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +33,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.brokers.redis")
 PURGE_BATCH = 1000  # jobs per purge script call, so no call blocks Redis for long
+#: Longest a done send stays marked when no store call of the process comes to carry the unmark.
+UNMARK_WITHIN = 0.02
+#: A thread that sent unmarks ends after this long without any to send.
+UNMARKER_IDLE = 5.0
+
+
+class _Unmarks:
+    """Unmark commands waiting for a store call of this process to go with (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.commands: list[tuple[Any, ...]] = []
+        self.armed = False  # the thread will send what is left within UNMARK_WITHIN
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def take(self) -> list[tuple[Any, ...]]:
+        with self.lock:
+            commands, self.commands = self.commands, []
+            return commands
 
 
 class RedisPairing:
@@ -36,8 +67,10 @@ class RedisPairing:
 
         def _groups(self, queues: Sequence[str]) -> list[list[str]]: ...
         def _all_queues(self, fresh: bool = False) -> list[str]: ...
-        def _script(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any],
-                    pipe_before: Sequence[tuple[Any, ...]] = ()) -> Any: ...
+        _link: Any
+        cluster: bool
+
+        def _base(self, queue: str) -> str: ...
         def _remember(self, pairs: Any) -> None: ...
         def ack(self, outcomes: Sequence[Outcome]) -> list[bool]: ...
 
@@ -120,13 +153,82 @@ class RedisPairing:
         return out
 
     def mark_sent(self, jobs: Sequence[Dispatch]) -> None:
-        now = self.clock()
-        for group, some in self._by_group(jobs):
-            index = {q: i + 1 for i, q in enumerate(group)}
-            args: list[Any] = []
-            for d in some:
-                args += (index[d.queue], d.job_id, str(int(d.priority)))
-            self._script("pair_sent", group, now, args)
+        """Unmark jobs whose send is done: with the next store call (see the module docstring)."""
+        if not jobs:
+            return
+        if self.cluster:  # the keys of the commands may live on other nodes than the next call's
+            now = self.clock()
+            for group, some in self._by_group(jobs):
+                index = {q: i + 1 for i, q in enumerate(group)}
+                args: list[Any] = []
+                for d in some:
+                    args += (index[d.queue], d.job_id, str(int(d.priority)))
+                self._script("pair_sent", group, now, args)
+            return
+        # What the pair_sent script does: out of <base>:sending, and out of the ready list (from its
+        # end: a job just enqueued was pushed there; a hand-back returns to its front).
+        commands: list[tuple[Any, ...]] = []
+        for d in jobs:
+            base = self._base(d.queue)
+            commands.append(("ZREM", base + ":sending", d.job_id))
+            commands.append(("LREM", f"{base}:ready:{int(d.priority)}", "-1", d.job_id))
+        unmarks = self._unmarks()
+        with unmarks.lock:
+            unmarks.commands += commands
+            if unmarks.armed:
+                return
+            unmarks.armed = True
+            if unmarks.thread is None:
+                unmarks.thread = threading.Thread(target=self._unmarker, args=(unmarks,),
+                                                  name="conveyor-redis-unmark", daemon=True)
+                unmarks.thread.start()
+        unmarks.wake.set()
+
+    def _unmarks(self) -> _Unmarks:
+        unmarks: _Unmarks | None = self.__dict__.get("_unmarks_state")
+        if unmarks is None or unmarks.pid != os.getpid():  # a forked child's are its parent's to send
+            unmarks = self.__dict__["_unmarks_state"] = _Unmarks()
+        return unmarks
+
+    def _unmarker(self, unmarks: _Unmarks) -> None:
+        """The thread that sends unmarks no store call carried within UNMARK_WITHIN seconds."""
+        while True:
+            if not unmarks.wake.wait(UNMARKER_IDLE):
+                with unmarks.lock:
+                    if not unmarks.armed:
+                        unmarks.thread = None
+                        return
+                continue
+            unmarks.wake.clear()
+            time.sleep(UNMARK_WITHIN)
+            with unmarks.lock:
+                unmarks.armed = False
+            self._send_unmarks(unmarks.take())
+
+    def _send_unmarks(self, commands: list[tuple[Any, ...]]) -> None:
+        if not commands:
+            return
+        try:
+            self._link.many(commands)
+        except Exception as exc:  # the marks stay: maintenance sends those jobs again, or drops them
+            log.warning("could not unmark %d sent job(s) in Redis: %s", len(commands) // 2, exc)
+
+    def _script(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any],
+                pipe_before: Sequence[tuple[Any, ...]] = ()) -> Any:
+        """Every store script, with the unmarks waiting in this process sent before it in the same
+        round trip. If the call fails they may not have been applied: the marks then stay for
+        maintenance (which sends those jobs again, or drops them when they are no longer queued)."""
+        unmarks = self.__dict__.get("_unmarks_state")
+        if unmarks is not None and unmarks.commands and unmarks.pid == os.getpid():
+            pipe_before = [*unmarks.take(), *pipe_before]
+        return super()._script(name, queues, now, args, pipe_before)  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Send the unmarks still waiting, then close."""
+        unmarks = self.__dict__.get("_unmarks_state")
+        if unmarks is not None and unmarks.pid == os.getpid():
+            self._send_unmarks(unmarks.take())
+        super().close()  # type: ignore[misc]
 
     def promote(self, queues: Sequence[str] | None = None) -> int:
         now = self.clock()

@@ -1,0 +1,168 @@
+"""What keeps a ``zmq://`` round trip short, and safe: a producer's outbox unmark rides on its next
+Redis call instead of costing one of its own (yet a lost send is still resent), and a pool
+process gets its hub's answers on a datagram socket (or over ZeroMQ when they do not fit one)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from zmq_support import free_port, store_url
+
+from conveyor import Conveyor, Task
+from conveyor.brokers import Dispatch
+from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.redis.pairing import UNMARK_WITHIN
+from conveyor.brokers.zmq import HubService, ZMQTransport
+from conveyor.testing import wait_for
+
+
+@pytest.fixture
+def redis_store(tmp_path: Path) -> Iterator[str]:
+    """A Redis key prefix of its own, deleted at teardown."""
+    url = store_url("redis", tmp_path)
+    yield url
+    store = RedisBroker(url)
+    try:
+        store.open()
+        keys = list(store._link.client().scan_iter(match=f"*{store.prefix}*", count=1000))
+        for i in range(0, len(keys), 500):
+            store._link.exec("DEL", *keys[i:i + 500])
+    finally:
+        store.close()
+
+
+def _round_trips(store: Any) -> list[str]:
+    """Count the round trips to Redis through ``store``'s link (``exec``: one command; ``stream``:
+    a pipeline; every other call of the link goes through one of them)."""
+    calls: list[str] = []
+    link = store._link
+    for name in ("exec", "stream"):
+        real = getattr(link, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        setattr(link, name, counted)
+    return calls
+
+
+def _marked(store: Any, queue: str = "default") -> list[str]:
+    """Job ids still marked in the outbox of ``queue`` (its ready list and ``sending``), read raw."""
+    base = store._base(queue)
+    ready = store._link.exec("LRANGE", base + ":ready:0", 0, -1) or []
+    sending = store._link.exec("ZRANGE", base + ":sending", 0, -1) or []
+    return sorted(x.decode() for x in [*ready, *sending])
+
+
+@pytest.fixture
+def worker_here(redis_store: str) -> Iterator[tuple[Conveyor, Task[[], None], HubService]]:
+    """An app on ``zmq://`` + Redis, a ``noop`` task, and a worker's hub in this process (nothing
+    claims: what is sent stays in its buffer)."""
+    app = Conveyor(f"zmq://127.0.0.1:{free_port()}", store=redis_store)
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    service = app.broker.transport.serve()  # type: ignore[attr-defined]
+    app.open()
+    try:
+        yield app, noop, service
+    finally:
+        app.close()
+        service.close()
+
+
+def test_an_enqueue_costs_one_round_trip_and_its_unmark_goes_with_the_next_call(
+        worker_here: tuple[Conveyor, Task[[], None], HubService]) -> None:
+    app, noop, service = worker_here
+    noop.enqueue()  # the first call loads scripts and lists the queue: not counted
+    time.sleep(UNMARK_WITHIN * 5)
+    calls = _round_trips(app.store)
+    first = noop.enqueue()
+    assert calls == ["exec"]  # the write; the push is sent; the unmark waits
+    assert _marked(app.store) == [first.id]
+    del calls[:]
+    second = noop.enqueue()  # carries the first's unmark
+    assert calls == ["stream"]  # one pipeline: the unmark, then the write
+    assert _marked(app.store) == [second.id]
+    wait_for(lambda: _marked(app.store) == [], UNMARK_WITHIN * 50, "the unmark sent alone")  # no call came
+    assert service.hub.depth() == 3  # every job was delivered once
+
+
+def test_a_producer_that_dies_before_its_unmark_leaves_the_job_to_maintenance(redis_store: str) -> None:
+    port = free_port()
+    url = f"zmq://127.0.0.1:{port}"
+    lost = zmq.Context.instance().socket(zmq.PULL)  # takes the push and never reads it: a worker that died
+    lost.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        script = ("import os, sys; from conveyor import Conveyor\n"
+                  "app = Conveyor(sys.argv[1], store=sys.argv[2])\n"
+                  "@app.task\ndef noop(): return None\n"
+                  "print(noop.enqueue().id, flush=True); os._exit(0)  # before the unmark goes\n")
+        out = subprocess.run([sys.executable, "-c", script, url, redis_store], check=True, timeout=60,
+                             capture_output=True, text=True)
+        job_id = out.stdout.strip()
+    finally:
+        lost.close(0)
+    app = Conveyor(f"{url}?bind=tcp://127.0.0.1:{free_port()}", store=redis_store)  # a new worker
+    service = app.broker.transport.serve(app.broker)  # type: ignore[attr-defined]
+    app.open()
+    try:
+        assert job_id in _marked(app.store)
+        app.broker.recover()  # maintenance: the outbox sends it again, here
+        got = app.broker.transport.receive(["default"], 10, 1.0)
+        assert [d.job_id for d in got] == [job_id]
+    finally:
+        app.close()
+        service.close()
+
+
+def test_a_job_unmarked_lazily_is_not_sent_again_while_its_delivery_waits(
+        worker_here: tuple[Conveyor, Task[[], None], HubService], redis_store: str) -> None:
+    app, noop, service = worker_here
+    other = Conveyor(app.settings.url, store=redis_store)  # another process's maintenance
+    other.open()
+    try:
+        job = noop.enqueue()
+        time.sleep(UNMARK_WITHIN * 5)
+        other.broker.recover()
+        assert service.hub.depth() == 1 and service.hub.counters.duplicates == 0
+        assert job.status == "queued"
+    finally:
+        other.close()
+
+
+def test_a_pool_process_gets_its_answers_on_a_datagram_or_over_zeromq_when_too_big() -> None:
+    url = f"zmq://127.0.0.1:{free_port()}"
+    service = ZMQTransport(url).serve()
+    members = service.hub.options.members
+    assert members is not None
+    member = ZMQTransport(url)  # as a pool process of this hub asks it
+    member.open()
+    try:
+        service.hub.put([Dispatch("job-1", "default", 0)])
+        started = time.monotonic()
+        got = member._ask(members, ["default"], 10, 5.0)
+        assert [d.job_id for d in got] == ["job-1"] and time.monotonic() - started < 2.0
+        if sys.platform.startswith("linux"):
+            assert member._answers is not None  # the answer's way
+        parked = member._ask(members, ["default"], 10, 0.3)  # nothing: the hub answers when the wait ends
+        assert parked == []
+        many = [Dispatch(f"job-{i:05d}-{'x' * 40}", "default", 0) for i in range(2000)]  # ~150 kB answer
+        service.hub.put(many)
+        got = member._ask(members, ["default"], 5000, 5.0)
+        assert len(got) == 2000
+        service.hub.put([Dispatch("job-2", "default", 0)])
+        assert [d.job_id for d in member._ask(members, ["default"], 10, 5.0)] == ["job-2"]
+    finally:
+        member.close()
+        service.close()
