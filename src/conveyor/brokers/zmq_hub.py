@@ -6,7 +6,8 @@ A worker's supervisor starts one :class:`Hub` (``ZMQTransport.serve``). Its thre
   the worker's PULL socket (bound at the URL's address, or connected to a streamer device's
   ``--out``) into its :class:`~conveyor.brokers.zmq_buffer.Buffer` (one heap per queue, by
   priority then the store's order, so members take their queues in order of preference);
-* hands them out on request to the pool members (a ROUTER socket on an ``ipc://`` path; a thread
+* hands them out on request to the pool members (a ROUTER socket on an ``ipc://`` path, answering
+  on the member's datagram socket when it names one, see ``zmq_wire.answer_socket``; a thread
   member calls :meth:`Hub.take` directly), and remembers which member holds what until it settles
   or requeues it. A member process that dies holding deliveries it had not yet claimed has them put
   back at once;
