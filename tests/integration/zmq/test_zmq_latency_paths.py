@@ -17,8 +17,7 @@ from zmq_support import free_port, store_url
 
 from conveyor import Conveyor, Task
 from conveyor.brokers import Dispatch
-from conveyor.brokers.redis import RedisBroker
-from conveyor.brokers.redis.pairing import UNMARK_WITHIN
+from conveyor.brokers.redis import RedisBroker, pairing
 from conveyor.brokers.zmq import HubService, ZMQTransport
 from conveyor.testing import wait_for
 
@@ -82,10 +81,11 @@ def worker_here(redis_store: str) -> Iterator[tuple[Conveyor, Task[[], None], Hu
 
 
 def test_an_enqueue_costs_one_round_trip_and_its_unmark_goes_with_the_next_call(
-        worker_here: tuple[Conveyor, Task[[], None], HubService]) -> None:
+        worker_here: tuple[Conveyor, Task[[], None], HubService], monkeypatch: pytest.MonkeyPatch) -> None:
     app, noop, service = worker_here
+    monkeypatch.setattr(pairing, "UNMARK_WITHIN", 0.5)  # time enough to look before the thread sends
     noop.enqueue()  # the first call loads scripts and lists the queue: not counted
-    time.sleep(UNMARK_WITHIN * 5)
+    wait_for(lambda: _marked(app.store) == [], 5.0, "the first unmark sent alone")
     calls = _round_trips(app.store)
     first = noop.enqueue()
     assert calls == ["exec"]  # the write; the push is sent; the unmark waits
@@ -94,7 +94,7 @@ def test_an_enqueue_costs_one_round_trip_and_its_unmark_goes_with_the_next_call(
     second = noop.enqueue()  # carries the first's unmark
     assert calls == ["stream"]  # one pipeline: the unmark, then the write
     assert _marked(app.store) == [second.id]
-    wait_for(lambda: _marked(app.store) == [], UNMARK_WITHIN * 50, "the unmark sent alone")  # no call came
+    wait_for(lambda: _marked(app.store) == [], 5.0, "the unmark sent alone")  # no call came
     assert service.hub.depth() == 3  # every job was delivered once
 
 
@@ -133,7 +133,7 @@ def test_a_job_unmarked_lazily_is_not_sent_again_while_its_delivery_waits(
     other.open()
     try:
         job = noop.enqueue()
-        time.sleep(UNMARK_WITHIN * 5)
+        wait_for(lambda: _marked(app.store) == [], 5.0, "the unmark sent alone")
         other.broker.recover()
         assert service.hub.depth() == 1 and service.hub.counters.duplicates == 0
         assert job.status == "queued"
