@@ -5,8 +5,9 @@ after round, so that a shared machine's noise falls on every configuration alike
 JSON object: every run's figures and, per configuration, their medians.
 
 Configurations: ``zmq+redis`` (``zmq://`` carrying a Redis store's jobs), ``zmq+sqlite`` (a fresh
-SQLite file per run) and, for reference on the same machine and minute, ``redis`` (the Redis store
-claiming natively). The store is named by ``CONVEYOR_STORE``, as an application would.
+SQLite file per run), ``zmq+postgres`` (asked for by ``--configs``: a PostgreSQL schema per run)
+and, for reference on the same machine and minute, ``redis`` (the Redis store claiming natively).
+The store is named by ``CONVEYOR_STORE``, as an application would.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDIS = os.environ.get("CONVEYOR_BENCH_REDIS", "redis://127.0.0.1:6379/1")
+POSTGRES = os.environ.get("CONVEYOR_BENCH_POSTGRES", "postgresql://127.0.0.1:5432/test")
 FIGURES = {
     "drain": ("jobs_per_s", "steady_jobs_per_s", "startup_s", "cpu_s_per_1000_jobs", "peak_pss_mb"),
     "latency": ("p50_ms", "p90_ms", "p99_ms"),
@@ -44,15 +46,29 @@ def free_port() -> int:
 def one_run(name: str, phases: str, folder: str, extra: list[str]) -> dict[str, Any]:
     """One ``python -m bench`` run of configuration ``name``; its results."""
     env = {k: v for k, v in os.environ.items() if k not in ("CONVEYOR_URL", "CONVEYOR_STORE")}
+    schema = None
     if name == "redis":
         url = REDIS
     else:
         url = f"zmq://127.0.0.1:{free_port()}"
-        env["CONVEYOR_STORE"] = REDIS if name == "zmq+redis" else f"sqlite:///{tempfile.mkdtemp(dir=folder)}/bench.db"
+        if name == "zmq+postgres":  # a schema of its own, migrated first and dropped afterwards
+            from conveyor.brokers.postgres import PostgresBroker
+
+            schema = f"{POSTGRES}{'&' if '?' in POSTGRES else '?'}schema=bench_zmq_{time.monotonic_ns()}"
+            PostgresBroker(schema).migrate()
+            env["CONVEYOR_STORE"] = schema
+        else:
+            env["CONVEYOR_STORE"] = REDIS if name == "zmq+redis" else f"sqlite:///{tempfile.mkdtemp(dir=folder)}/bench.db"
     out = os.path.join(folder, f"{name}-{time.monotonic_ns()}.json")
     command = [sys.executable, "-m", "bench", "--url", url, "--phases", phases, "--out", out, *extra]
     print(f"bench.zmq_bench: {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
-    subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=False)
+    try:
+        subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=False)
+    finally:
+        if schema is not None:
+            from conveyor.brokers.postgres import PostgresBroker
+
+            PostgresBroker(schema).drop()
     with open(out) as f:
         report = json.load(f)
     results = report.get("results", {})
