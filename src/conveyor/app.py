@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, overload
 
 from .brokers import Broker, JobStore, from_url
-from .brokers.paired import PairedBroker
 from .config import Settings, load_settings
 from .errors import ConfigError, JobNotFound, UnknownTask
 from .job import Job
@@ -60,10 +59,9 @@ class Conveyor:
         natively, else the transport of ``url`` paired with ``store``. Raises ConfigError for a
         transport without a store, or a second store next to one that keeps its own jobs."""
         if self._broker is None:
-            broker = from_url(self.settings.url, self.settings.store, clock=self.clock)
-            if isinstance(broker, PairedBroker):  # job messages of other clients: the app's limit
-                broker.max_payload = self.settings.max_payload
-            self._broker = broker
+            # (max_payload: job messages published by other clients onto a transport get the app's limit)
+            self._broker = from_url(self.settings.url, self.settings.store, clock=self.clock,
+                                    max_payload=self.settings.max_payload)
         return self._broker
 
     @property

@@ -185,9 +185,7 @@ class PairedBroker(Broker):
         fresh = list({m.id: Dispatch(m.id, m.queue, m.priority) for m, job_id in zip(messages, ids)
                       if job_id == m.id and (m.run_at is None or m.run_at <= now)}.values())
         if fresh and not self._carry(fresh):
-            # Left to maintenance: taken into the outbox as any unsent job (a store may keep them
-            # apart from the jobs it is sending now, e.g. Redis, so that unmarking those stays cheap).
-            self._store.outbox(len(fresh), fresh)
+            self._store.keep_unsent(fresh)  # left to maintenance, as any unsent job
         return ids
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float, consumer: str) -> list[Lease]:

@@ -117,14 +117,16 @@ def _same_url(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
 
-def from_url(url: str, store: str | None = None, *, clock: Clock | None = None) -> Broker:
+def from_url(url: str, store: str | None = None, *, clock: Clock | None = None,
+             max_payload: int | None = None) -> Broker:
     """Create (without connecting) the broker for ``url``.
 
     Without ``store``, ``url`` must name a store (which is a broker by itself); a transport alone
     is a ConfigError (it keeps no job history). With ``store``, a transport URL is paired with that
     store (:class:`~conveyor.brokers.paired.PairedBroker`); a store URL is accepted only when
     ``store`` is the same URL. ``memory://`` names both: alone it is the memory store, with a
-    store it is the memory transport.
+    store it is the memory transport. ``max_payload`` (bytes) is the largest job message a paired
+    broker takes from other clients (the app's ``max_payload`` setting; None: the default).
     """
     scheme = _scheme(url)
     if store is None:
@@ -143,4 +145,7 @@ def from_url(url: str, store: str | None = None, *, clock: Clock | None = None) 
     from .paired import PairedBroker
 
     # A store without the pairing hooks (supports_pairing) is refused by PairedBroker: a ConfigError.
-    return PairedBroker(transport_cls(url), broker_class(store)(store, clock=clock))
+    made = broker_class(store)(store, clock=clock)
+    if max_payload is None:
+        return PairedBroker(transport_cls(url), made)
+    return PairedBroker(transport_cls(url), made, max_payload)

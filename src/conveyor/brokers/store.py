@@ -339,6 +339,13 @@ class JobStore(DefaultQueries, ABC):
         oldest mark first, unmarking the others: cancelled or deleted jobs need no delivery."""
         raise self._not_pairable()
 
+    def keep_unsent(self, jobs: Sequence[Dispatch]) -> None:
+        """Jobs just written with their outbox marks, whose send failed: keep them marked, among
+        the unsent jobs that maintenance sends (a store may keep the marks of jobs being sent apart
+        from those, as Redis does). By default, an :meth:`outbox` read of these jobs, which does
+        exactly that."""
+        self.outbox(len(jobs), jobs)
+
     def resend_queued(self) -> None:
         """Mark every ``queued`` job to be sent again (after a transport lost its deliveries)."""
         raise self._not_pairable()
