@@ -1,12 +1,31 @@
 """The fault tests' verdict on a run, from the ledger their task keeps outside the store (one line
-per run's start and end: ``kind job_id attempt pid at``). Shared by the Redis, AMQP/STOMP and
-ZeroMQ fault tests (``tests/`` is on ``sys.path``: pytest puts the top conftest's folder there)."""
+per run's start and end: ``kind job_id attempt pid at``), and the end of their worker processes.
+Shared by the Redis, AMQP/STOMP, PostgreSQL and ZeroMQ fault tests (``tests/`` is on ``sys.path``:
+pytest puts the top conftest's folder there)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+
+def read_ledger(folder: Path) -> list[list[str]]:
+    """The rows of ``folder/ledger.log`` (``kind job_id attempt pid at``); none before a run wrote one."""
+    path = folder / "ledger.log"
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def kill_workers(workers: Iterable[Any], output: Callable[[Any], str], what: str = "log") -> None:
+    """SIGKILL each worker's process group and print the tail of its ``output`` (pytest shows it
+    when the test failed)."""
+    for worker in workers:
+        worker.kill_group()
+        tail = output(worker)[-3000:]
+        if tail:
+            print(f"--- {what} of worker {worker.pid} (exit {worker.proc.returncode}) ---\n{tail}")
 
 
 def ledger_report(rows: Iterable[Sequence[str]], job_ids: list[str]) -> dict[str, list[str]]:

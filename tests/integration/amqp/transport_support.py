@@ -30,6 +30,7 @@ from redis_support import CONVEYOR, REDIS_URL, TASKS, Worker
 from conveyor import Conveyor
 from conveyor.brokers import JobRecord
 from conveyor.testing import require_service, wait_for
+from fault_ledger import kill_workers, read_ledger
 from fault_ledger import ledger_report as report_of
 
 AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -122,15 +123,10 @@ class Project:
         return self.app.store.counts().get(queue, {}).get("succeeded", 0) >= n
 
     def ledger(self) -> list[list[str]]:
-        path = self.folder / "ledger.log"
-        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+        return read_ledger(self.folder)
 
     def cleanup(self) -> None:
-        for worker in self.workers:
-            worker.kill_group()
-            tail = worker.log()[-3000:]
-            if tail:  # shown by pytest when the test failed
-                print(f"--- log of worker {worker.pid} (exit {worker.proc.returncode}) ---\n{tail}")
+        kill_workers(self.workers, lambda worker: worker.log(), "log")
         self.app.close()
 
 

@@ -31,6 +31,7 @@ from conveyor import Conveyor
 from conveyor.brokers import JobRecord
 from conveyor.brokers.postgres import PostgresBroker
 from conveyor.testing import require_service, wait_for
+from fault_ledger import kill_workers, read_ledger
 
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 
@@ -226,15 +227,10 @@ class Project:
 
     def ledger(self) -> list[list[str]]:
         """``[kind, job id, attempt, pid, time]`` per start and end of a run of the ``work`` task."""
-        path = self.folder / "ledger.log"
-        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+        return read_ledger(self.folder)
 
     def cleanup(self, drop: bool = True) -> None:
-        for worker in self.workers:
-            worker.kill_group()
-            tail = worker.stderr()[-3000:]
-            if tail:  # shown by pytest when the test failed
-                print(f"--- stderr of worker {worker.pid} (exit {worker.proc.returncode}) ---\n{tail}")
+        kill_workers(self.workers, lambda worker: worker.stderr(), "stderr")
         if self._app is not None:
             self._app.close()
         if drop:

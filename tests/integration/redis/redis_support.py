@@ -31,6 +31,7 @@ from conveyor import Conveyor
 from conveyor.brokers import JobRecord, Message
 from conveyor.brokers.redis import RedisBroker
 from conveyor.testing import require_service, wait_for
+from fault_ledger import kill_workers, read_ledger
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -160,15 +161,10 @@ class Project:
         return record
 
     def ledger(self) -> list[list[str]]:
-        path = self.folder / "ledger.log"
-        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+        return read_ledger(self.folder)
 
     def cleanup(self) -> None:
-        for worker in self.workers:
-            worker.kill_group()
-            tail = worker.log()[-3000:]
-            if tail:  # shown by pytest when the test failed
-                print(f"--- log of worker {worker.pid} (exit {worker.proc.returncode}) ---\n{tail}")
+        kill_workers(self.workers, lambda worker: worker.log(), "log")
         self.app.close()
 
 

@@ -21,6 +21,7 @@ import uuid_utils
 from acceptance.harness import CONVEYOR, Worker
 from conveyor import Conveyor
 from conveyor.testing import require_service, wait_for
+from fault_ledger import kill_workers, read_ledger
 from fault_ledger import ledger_report as report_of
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -165,19 +166,14 @@ class Project:
         return sum(per.get("succeeded", 0) for per in self.app.store.counts().values())
 
     def ledger(self) -> list[list[str]]:
-        path = self.folder / "ledger.log"
-        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+        return read_ledger(self.folder)
 
     def ledger_report(self, job_ids: list[str]) -> dict[str, list[str]]:
         """Lost, duplicated and overlapping jobs, from the ledger the task keeps outside the store."""
         return report_of(self.ledger(), job_ids)
 
     def cleanup(self) -> None:
-        for worker in self.workers:
-            worker.kill_group()
-            tail = worker.stderr()[-3000:]
-            if tail:
-                print(f"--- stderr of worker {worker.pid} (exit {worker.proc.returncode}) ---\n{tail}")
+        kill_workers(self.workers, lambda worker: worker.stderr(), "stderr")
         for proc in self.procs:
             proc.kill()
             proc.wait(10)
