@@ -49,11 +49,13 @@ class JobStore(DefaultQueries, ABC):
     are what a store implements: ``enqueue`` (add), ``fetch`` (claim from queues), ``ack``,
     ``extend``, ``progress``, ``recover`` (expire) and ``release``. The names of the design,
     :meth:`add`, :meth:`claim` and :meth:`expire`, are aliases of them, so a caller may use either.
+    :meth:`enqueue_stream` (``enqueue_many``'s batches, built one by one) has a default that builds
+    them all first; a store that can write while they are built overrides it (PostgreSQL's COPY).
 
     Pairing. A store that claims natively is a broker by itself (:class:`Broker`). To be paired
     with a :class:`~conveyor.brokers.transport.Transport` a store also implements the pairing
     hooks (:meth:`claim_jobs`, :meth:`use_outbox`, :meth:`outbox`, :meth:`mark_sent`,
-    :meth:`promote`) and sets ``supports_pairing``.
+    :meth:`promote`; :meth:`keep_unsent` has a default) and sets ``supports_pairing``.
 
     Capabilities are declared as class attributes, never probed; the worker chooses blocking fetch,
     notification or polling from them (a paired broker takes them from its transport).
