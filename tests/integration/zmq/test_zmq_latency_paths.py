@@ -98,6 +98,17 @@ def test_an_enqueue_costs_one_round_trip_and_its_unmark_goes_with_the_next_call(
     assert service.hub.depth() == 3  # every job was delivered once
 
 
+def test_a_big_batch_is_unmarked_at_once_by_one_script_call(
+        worker_here: tuple[Conveyor, Task[[], None], HubService], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Maintenance resending the outbox, or a bulk enqueue: two raw commands per job would cost the
+    supervisor (which also serves the hub) more CPU than the round trip they save."""
+    app, noop, _ = worker_here
+    monkeypatch.setattr(pairing, "UNMARK_WITHIN", 5.0)  # a lazy unmark would still be waiting
+    noop.enqueue()  # loads the scripts and lists the queue
+    jobs = noop.enqueue_many([() for _ in range(pairing.LAZY_UNMARK_MAX + 1)])
+    assert not set(_marked(app.store)) & {j.id for j in jobs}  # unmarked with the send, not later
+
+
 def test_a_producer_that_dies_before_its_unmark_leaves_the_job_to_maintenance(redis_store: str) -> None:
     port = free_port()
     url = f"zmq://127.0.0.1:{port}"

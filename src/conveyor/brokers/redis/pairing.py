@@ -8,12 +8,13 @@ again. The scripts (``lua/pairing.lua``) are loaded and run by SHA1 as every oth
 Redis store (:mod:`~conveyor.brokers.redis.scripts`). A mixin of
 :class:`~conveyor.brokers.redis.RedisBroker`.
 
-Marking a send done (:meth:`RedisPairing.mark_sent`) costs no round trip of its own: its commands
-go with the next store call of the process, in the same pipeline (a producer's next enqueue, or the
-``watch`` of ``Job.result()``), or at the latest ``UNMARK_WITHIN`` seconds later from a thread of
-their own (and at ``close()``). Until then a maintenance pass may send the job again: a duplicate
-delivery, dropped at claim, as in the moment between a send and its mark on every store. A process
-that dies first leaves the marks: maintenance takes them (a job claimed meanwhile is not sent).
+Marking the send of a few jobs done (:meth:`RedisPairing.mark_sent`) costs no round trip of its
+own: its commands go with the next store call of the process, in the same pipeline (a producer's
+next enqueue, or the ``watch`` of ``Job.result()``), or at the latest ``UNMARK_WITHIN`` seconds
+later from a thread of their own (and at ``close()``). Until then a maintenance pass may send the
+job again: a duplicate delivery, dropped at claim, as in the moment between a send and its mark on
+every store. A process that dies first leaves the marks: maintenance takes them (a job claimed
+meanwhile is not sent). A bigger batch is unmarked at once, by one script call.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.brokers.redis")
 PURGE_BATCH = 1000  # jobs per purge script call, so no call blocks Redis for long
+#: Batches of sent jobs up to this size are unmarked lazily (with the next store call); bigger ones
+#: at once, by one script call.
+LAZY_UNMARK_MAX = 16
 #: Longest a done send stays marked when no store call of the process comes to carry the unmark.
 UNMARK_WITHIN = 0.02
 #: A thread that sent unmarks ends after this long without any to send.
@@ -156,7 +160,11 @@ class RedisPairing:
         """Unmark jobs whose send is done: with the next store call (see the module docstring)."""
         if not jobs:
             return
-        if self.cluster:  # the keys of the commands may live on other nodes than the next call's
+        # On a cluster the keys of the commands may live on other nodes than the next call's. A
+        # big batch (maintenance resending the outbox, a bulk enqueue) is one script call as well:
+        # two raw commands a job cost more CPU than that round trip saves (the supervisor, which
+        # resends, also serves the zmq:// hub).
+        if self.cluster or len(jobs) > LAZY_UNMARK_MAX:
             now = self.clock()
             for group, some in self._by_group(jobs):
                 index = {q: i + 1 for i, q in enumerate(group)}
