@@ -115,6 +115,7 @@ class Runner:
         self._acks_since = 0.0
         self._acks_lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._acking: set[str] = set()  # the job ids of the ack on its way (see beat)
 
     # -- fair dispatch (see .dispatch) -------------------------------------------------------
     def fetch_size(self, queues: Sequence[str]) -> int:
@@ -215,6 +216,7 @@ class Runner:
                 if not self._acks or time.monotonic() - self._acks_since < older_than:
                     return
                 batch, self._acks = self._acks, []
+                self._acking = {o.job_id for o in batch}
             try:
                 accepted = self.broker.ack(batch)
             except ConveyorError as exc:
@@ -227,6 +229,8 @@ class Runner:
                     if not ok:
                         log.warning("job %s: ack refused, the lease was lost (stale token %d)",
                                     outcome.job_id, outcome.token)
+            with self._acks_lock:  # after held: beat never sees these as held and not acking
+                self._acking = set()
 
     # -- one job -----------------------------------------------------------------------------
     def _decode(self, lease: Lease) -> tuple[Any, Sequence[Any], Mapping[str, Any]] | Outcome:
@@ -434,12 +438,18 @@ class Runner:
             leases = [(lease.job_id, lease.token) for lease in self.held.values()]
         if not leases:
             return
-        # Held leases include finished jobs whose ack may be in flight on the acker thread: two
-        # transactions of one consumer updating the same rows in different orders can deadlock
-        # (PostgreSQL then aborts one after deadlock_timeout, 1 s). A consumer's writes to its own
-        # leases therefore take turns.
-        with self._flush_lock:
-            result = self.broker.extend(leases, self.settings.lease)
+        # Finished jobs waiting for their ack, or in the ack on its way, are left out: an extend and
+        # an ack updating the same rows in different orders deadlock on PostgreSQL (which aborts
+        # one after deadlock_timeout, 1 s). (A store's extend also skips rows another transaction
+        # holds, for a job that ends between this look and the extend.) Never waiting for the ack
+        # keeps a running job's lease fresh while an ack waits for a lost connection.
+        with self._acks_lock:
+            acking = self._acking | {o.job_id for o in self._acks}
+        if acking:
+            leases = [lease for lease in leases if lease[0] not in acking]
+            if not leases:
+                return
+        result = self.broker.extend(leases, self.settings.lease)
         with self.lock:
             for job_id in result.cancel_requested:
                 if job_id in self.running:

@@ -283,6 +283,9 @@ class PostgresLifecycle:
 
         rows = self._run(work)
         held = {job_id: cancel for job_id, cancel in rows}
+        skipped = [(job_id, token) for job_id, token in leases if job_id not in held]
+        if skipped:  # locked by another transaction (skipped), or really lost: which?
+            held.update(self._exec("still_held", {"id": [j for j, _ in skipped], "token": [t for _, t in skipped]}))
         for job_id, _ in leases:
             if job_id not in held:
                 result.lost.add(job_id)

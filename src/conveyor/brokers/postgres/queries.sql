@@ -121,10 +121,23 @@ SELECT queue, count(*) FROM {s}.conveyor_jobs
 WHERE state = 'running' AND lease_until IS NOT NULL AND started_at IS NULL GROUP BY queue
 
 -- name: extend
+-- Rows another transaction holds (an ack of a job that just ended, a cancellation) are skipped, not
+-- waited for: an extend never waits, so it never deadlocks with an ack locking rows in another order.
+WITH mine AS (
+    SELECT j.seq FROM {s}.conveyor_jobs j
+    JOIN unnest(%(id)s::text[], %(token)s::bigint[]) AS u(id, token) ON j.id = u.id AND j.token = u.token
+    WHERE j.state = 'running'
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+)
 UPDATE {s}.conveyor_jobs j SET lease_until = %(deadline)s
-FROM unnest(%(id)s::text[], %(token)s::bigint[]) AS u(id, token)
-WHERE j.id = u.id AND j.token = u.token AND j.state = 'running'
+FROM mine WHERE j.seq = mine.seq
 RETURNING j.id, j.cancel_requested
+
+-- name: still_held
+-- Of the leases an extend skipped, those still held (their row was locked, not lost).
+SELECT j.id, j.cancel_requested FROM {s}.conveyor_jobs j
+JOIN unnest(%(id)s::text[], %(token)s::bigint[]) AS u(id, token) ON j.id = u.id AND j.token = u.token
+WHERE j.state = 'running'
 
 -- name: progress
 UPDATE {s}.conveyor_jobs SET progress = %(fraction)s, progress_message = %(message)s, updated_at = %(now)s
