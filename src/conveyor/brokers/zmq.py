@@ -33,9 +33,7 @@ when its lease expires, and a delivery lost before its claim is resent by a hung
 
 from __future__ import annotations
 
-import atexit
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -54,6 +52,7 @@ from ..errors import BrokerError, ConfigError
 from .records import Check, Dispatch, Outcome
 from .transport import Delivery, Transport
 from .zmq_hub import Hub, HubOptions
+from .zmq_process import HUBS_ENV, HubService, context, exported, local_hub
 from .zmq_wire import ANSWER_MAX, ZMQOptions, answer_socket, can, decode_deliveries, encode_dispatches, outcome_event
 
 if TYPE_CHECKING:
@@ -63,8 +62,6 @@ __all__ = ["HubService", "ZMQOptions", "ZMQTransport"]
 
 log = logging.getLogger("conveyor.brokers.zmq")
 
-#: Environment variable through which a supervisor tells its pool processes where its hub listens.
-HUBS_ENV = "CONVEYOR_ZMQ_HUBS"
 #: For this long after the hub answered that nothing more waited for some queues, a pool process
 #: does not ask it again without waiting (the next wait is answered as soon as a push arrives).
 DRAINED_FOR = 0.005
@@ -74,63 +71,7 @@ LOCAL_MOST = 100_000
 #: Most deliveries per pushed message.
 PUSH_BATCH = 1000
 
-_lock = threading.Lock()
-_hubs: dict[str, tuple[int, Hub]] = {}  # key -> (pid, hub): hubs running in this process
-_contexts: dict[int, zmq.Context[Any]] = {}
 _identities = itertools.count(1)
-
-
-def _context() -> zmq.Context[Any]:
-    """This process's ZeroMQ context (a forked child never uses its parent's)."""
-    pid = os.getpid()
-    with _lock:
-        ctx = _contexts.get(pid)
-        if ctx is None:
-            _contexts.clear()
-            ctx = _contexts[pid] = zmq.Context()
-            atexit.register(_flush_at_exit, pid)
-        return ctx
-
-
-def _flush_at_exit(pid: int) -> None:
-    """At exit, give pushes still queued up to a second to leave (``conveyor enqueue``, scripts)."""
-    ctx = _contexts.get(pid)
-    if ctx is not None and pid == os.getpid():
-        ctx.destroy(linger=1000)
-
-
-class HubService:
-    """A hub this process runs for ``ZMQTransport.serve``; :meth:`close` stops it."""
-
-    def __init__(self, key: str, hub: Hub, folder: str | None) -> None:
-        self.key, self.hub, self.folder = key, hub, folder
-
-    def close(self) -> None:
-        """Stop the hub and forget it (its buffered deliveries are resent from the store)."""
-        with _lock:
-            if _hubs.get(self.key, (0, None))[1] is self.hub:
-                del _hubs[self.key]
-        hubs = _exported()
-        if hubs.pop(self.key, [None, 0])[1] == os.getpid():
-            _export(hubs)
-        self.hub.stop()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _exported() -> dict[str, list[Any]]:
-    try:
-        found = json.loads(os.environ.get(HUBS_ENV, "{}"))
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _export(hubs: dict[str, list[Any]]) -> None:
-    if hubs:
-        os.environ[HUBS_ENV] = json.dumps(hubs)
-    else:
-        os.environ.pop(HUBS_ENV, None)
 
 
 class ZMQTransport(Transport):
@@ -181,17 +122,14 @@ class ZMQTransport(Transport):
 
     # -- where the hub is --------------------------------------------------------------------
     def _local_hub(self) -> Hub | None:
-        found = _hubs.get(self.options.key)
-        if found is not None and found[0] == os.getpid() and found[1].alive:
-            return found[1]
-        return None
+        return local_hub(self.options.key)
 
     def _parent_hub(self) -> str | None:
         """The ipc:// endpoint of the supervisor's hub, when this is one of its pool processes.
         (Asked on every receive and settle: the variable is parsed again only when it changed.)"""
         raw = os.environ.get(HUBS_ENV)
         if raw != self._hubs_seen[0]:
-            self._hubs_seen = (raw, _exported().get(self.options.key))
+            self._hubs_seen = (raw, exported().get(self.options.key))
         entry = self._hubs_seen[1]
         if entry and entry[1] == os.getppid() and entry[1] != os.getpid():
             return str(entry[0])
@@ -258,14 +196,9 @@ class ZMQTransport(Transport):
             shutil.rmtree(folder, ignore_errors=True)
             raise BrokerError(f"zmq:// worker cannot listen on {self.options.jobs} ({exc}); is another worker "
                               "bound there? Give each worker its own bind=, or use a streamer device (pull=)") from exc
-        with _lock:
-            _hubs[self.options.key] = (os.getpid(), hub)
-        hubs = _exported()
-        hubs[self.options.key] = [f"ipc://{folder}/members", os.getpid()]
-        _export(hubs)
+        service = HubService.register(self.options.key, hub, folder, f"ipc://{folder}/members")
         log.info("zmq:// worker takes deliveries from %s%s", self.options.jobs,
                  f", publishes job events on {self.options.events}" if self.options.events else "")
-        service = HubService(self.options.key, hub, folder)
         if broker is None:
             self._own = service
         return service
@@ -306,7 +239,7 @@ class ZMQTransport(Transport):
 
     def _push_socket(self) -> zmq.Socket[Any]:
         if self._push is None:
-            sock: zmq.Socket[Any] = _context().socket(zmq.PUSH)
+            sock: zmq.Socket[Any] = context().socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, self.options.hwm)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a worker that is not connected
             sock.setsockopt(zmq.LINGER, 2000)
@@ -365,7 +298,7 @@ class ZMQTransport(Transport):
         return deliveries
 
     def _member_socket(self, endpoint: str, kind: str) -> zmq.Socket[Any]:
-        sock: zmq.Socket[Any] = _context().socket(zmq.DEALER)
+        sock: zmq.Socket[Any] = context().socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, f"{os.getpid()}.{next(_identities)}{kind}".encode())
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.SNDHWM, 0)
@@ -477,7 +410,7 @@ class ZMQTransport(Transport):
         does, whether a worker could bind there; and the settings in force."""
         checks: list[Check] = []
         o = self.options
-        sock = _context().socket(zmq.PUSH)
+        sock = context().socket(zmq.PUSH)
         try:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.LINGER, 0)
@@ -498,7 +431,7 @@ class ZMQTransport(Transport):
                 checks.append(Check("zmq:// worker address", False, str(exc), "add bind= or pull= to the URL"))
                 jobs = None
             if jobs is not None and jobs.bind:
-                probe = _context().socket(zmq.PULL)
+                probe = context().socket(zmq.PULL)
                 try:
                     probe.setsockopt(zmq.LINGER, 0)
                     probe.bind(jobs.address)
