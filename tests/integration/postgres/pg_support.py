@@ -17,9 +17,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -243,6 +244,23 @@ class Project:
 
 def require_postgres() -> None:
     require_service(POSTGRES_URL, "PostgreSQL")
+
+
+StoreT = TypeVar("StoreT", bound=PostgresBroker)
+
+
+@contextmanager
+def migrated_store(cls: type[StoreT], prefix: str) -> Iterator[StoreT]:
+    """A store of class ``cls`` on the shared server, open, in a migrated schema of its own named
+    ``<prefix>_<random>``; the schema is dropped afterwards."""
+    require_postgres()
+    made = cls(f"{POSTGRES_URL}?schema={prefix}_{uuid_utils.uuid7().hex[-16:]}")
+    made.migrate()
+    made.open()
+    try:
+        yield made
+    finally:
+        made.drop()
 
 
 def free_port() -> int:

@@ -11,22 +11,20 @@ not wait for the ack either: a running job's lease stays fresh while an ack wait
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
 
 import pytest
 import uuid_utils
+from pg_support import migrated_store
 
 from conveyor import Conveyor
 from conveyor.brokers import Message, Outcome
 from conveyor.brokers.postgres import PostgresBroker
 from conveyor.brokers.records import ExtendResult
-from conveyor.testing import require_service
 from conveyor.worker.runner import Runner
 
-POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 PAYLOAD = b'{"args":[],"kwargs":{}}'
 
 
@@ -63,12 +61,8 @@ class OverlapRecordingBroker(PostgresBroker):
 
 @pytest.fixture
 def broker() -> Iterator[OverlapRecordingBroker]:
-    require_service(POSTGRES_URL, "PostgreSQL")
-    made = OverlapRecordingBroker(f"{POSTGRES_URL}?schema=writes_{uuid_utils.uuid7().hex[-16:]}")
-    made.migrate()
-    made.open()
-    yield made
-    made.drop()
+    with migrated_store(OverlapRecordingBroker, "writes") as made:
+        yield made
 
 
 def test_a_heartbeat_never_extends_the_leases_of_the_ack_in_flight(broker: OverlapRecordingBroker) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 import uuid_utils
+from pg_support import migrated_store
 
 from conveyor.brokers import Message, Outcome
 from conveyor.brokers.postgres import PostgresBroker
@@ -30,12 +31,8 @@ def _msg(queue: str = "default", key: str | None = None) -> Message:
 
 @pytest.fixture
 def store() -> Iterator[PostgresBroker]:
-    require_service(POSTGRES_URL, "PostgreSQL")
-    made = PostgresBroker(f"{POSTGRES_URL}?schema=store_{uuid_utils.uuid7().hex[-16:]}")
-    made.migrate()
-    made.open()
-    yield made
-    made.drop()
+    with migrated_store(PostgresBroker, "store") as made:
+        yield made
 
 
 def _tables(schema: str) -> set[str]:

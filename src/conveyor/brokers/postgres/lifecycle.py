@@ -121,7 +121,7 @@ class PostgresLifecycle:
         source = iter(messages)
         head = list(itertools.islice(source, COPY_MIN))
         if len(head) < COPY_MIN:
-            return self.enqueue(head) if head else []
+            return self.enqueue(head)
         now = self.clock()
         built: list[Message] = []  # what an earlier attempt took from ``source`` (a lost connection)
 
