@@ -85,6 +85,8 @@ class PostgresBroker(PostgresTransactions, PostgresPairing, PostgresLifecycle, P
         try:
             with psycopg.connect(self.conninfo, autocommit=True) as conn:
                 before, after = schema.migrate(conn, self.schema, self.channel)
+                if getattr(self, "_outbox_wanted", False):  # a paired app: its triggers, made by the migrating role
+                    conn.execute(self.q["outbox_on"])
         except psycopg.Error as exc:
             raise BrokerError(f"cannot migrate PostgreSQL at {redact_url(self.url)}: {_cause(exc)}") from None
         where = f"schema {self.schema!r} of {redact_url(self.conninfo)}"

@@ -1,9 +1,12 @@
 """The pairing hooks of the PostgreSQL store (see :class:`~conveyor.brokers.store.JobStore`), so
 that a transport (AMQP, STOMP, ZeroMQ) can carry its jobs.
 
-The outbox is a table filled by the jobs table's triggers once a paired broker turned it on (a
-row in ``conveyor_settings``): every path that makes a job ``queued`` (insert, promote, hand
-back, lost lease, retry by hand), in any process, marks it in the same transaction.
+The outbox is a table filled by the jobs table's triggers once a paired broker turned it on
+(``conveyor_turn_outbox_on()``: insert triggers of their own, and a row in ``conveyor_settings`` for
+the UPDATE trigger): every path that makes a job ``queued`` (insert, promote, hand back, lost lease,
+retry by hand), in any process, marks it in the same transaction. Turning it on creates triggers,
+which takes the TRIGGER privilege on ``conveyor_jobs`` (its owner has it); ``conveyor migrate`` of
+a paired application does it too.
 """
 
 from __future__ import annotations

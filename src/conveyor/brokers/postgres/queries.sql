@@ -15,11 +15,15 @@ RETURNING id
 -- name: insert_one
 -- The insert of one key-less message (single enqueue), without the arrays, and without ON CONFLICT:
 -- a speculative insertion checks every unique index first and writes one more WAL record. A reused
--- id (a retried enqueue) fails on the id's index instead, and goes through "insert".
+-- id (a retried enqueue) fails on the id's index instead, and goes through "insert". "one" sets
+-- conveyor.one_row for this statement's transaction before the row is made (the row is made from
+-- it), so that the row trigger logs it: cheaper, for one row, than the statement trigger.
+WITH one AS MATERIALIZED (SELECT set_config('conveyor.one_row', 'on', true))
 INSERT INTO {s}.conveyor_jobs (id, task, queue, state, priority, payload, max_attempts, timeout,
                                created_at, run_at, updated_at)
-VALUES (%(id)s, %(task)s, %(queue)s, %(state)s, %(priority)s, %(payload)s, %(max_attempts)s,
-        %(timeout)s, %(created_at)s, %(run_at)s, %(updated_at)s)
+SELECT %(id)s::text, %(task)s::text, %(queue)s::text, %(state)s::text, %(priority)s::int, %(payload)s::bytea,
+       %(max_attempts)s::int, %(timeout)s::float8, %(created_at)s::float8, %(run_at)s::float8, %(updated_at)s::float8
+FROM one
 
 -- name: copy
 -- A batch without keys: COPY, the cheapest bulk load (the statement triggers fire as for INSERT). A
@@ -292,12 +296,7 @@ SELECT value FROM {s}.conveyor_settings WHERE name = 'schema_version'
 
 -- name: outbox_on
 -- From now on the triggers mark every job that becomes queued; the jobs queued before have no delivery.
-WITH turned AS (
-    INSERT INTO {s}.conveyor_settings (name, value) VALUES ('outbox', 'on') ON CONFLICT (name) DO NOTHING RETURNING 1
-)
-INSERT INTO {s}.conveyor_outbox (job_id)
-SELECT id FROM {s}.conveyor_jobs WHERE state = 'queued' AND EXISTS (SELECT 1 FROM turned) ORDER BY seq
-ON CONFLICT DO NOTHING
+SELECT {s}.conveyor_turn_outbox_on()
 
 -- name: outbox_fill
 INSERT INTO {s}.conveyor_outbox (job_id) SELECT id FROM {s}.conveyor_jobs WHERE state = 'queued' ORDER BY seq
