@@ -68,6 +68,17 @@ def test_a_lost_send_is_sent_again_by_maintenance(paired: PairedBroker, make: Ma
     assert transport(paired).depth("default") == 0  # sent once: the outbox was emptied
 
 
+def test_enqueue_sending_stores_the_jobs_and_calls_send_once(paired: PairedBroker, make: Make) -> None:
+    """The store hook under a paired enqueue: ``send`` once, during or after the write."""
+    calls: list[int] = []
+    batch = [make(), make()]
+    assert paired.store.enqueue_sending(batch, lambda: calls.append(len(calls))) == [m.id for m in batch]
+    single = make()
+    assert paired.store.enqueue_sending([single], lambda: calls.append(len(calls))) == [single.id]
+    assert calls == [0, 1]
+    assert [r and r.state for r in paired.store.get_many([*[m.id for m in batch], single.id])] == ["queued"] * 3
+
+
 def test_a_duplicate_delivery_is_dropped(paired: PairedBroker, make: Make) -> None:
     m = make()
     paired.enqueue([m])

@@ -63,6 +63,11 @@ OUTBOX_BATCH = 1000
 PAUSED_FOR = 1.0
 #: Store-clock seconds between two promotions of due jobs by fetch (maintenance promotes too).
 PROMOTE_EVERY = 0.05
+#: With a store that sends before the write is confirmed (``sends_before_written``), how long a
+#: claim of a young job the store does not have yet is tried again (seconds), and how young (by the
+#: time in its UUIDv7 id) a job must be for that; an older one was deleted, and is dropped at once.
+WRITE_WAIT = 0.05
+YOUNG_FOR = 10.0
 
 
 class PairedBroker(Broker):
@@ -164,12 +169,17 @@ class PairedBroker(Broker):
 
     def _carry(self, dispatches: list[Dispatch]) -> bool:
         """Send marked jobs, then unmark them; False (logged) when the send failed."""
+        if not self._send_now(dispatches):
+            return False
+        self._store.mark_sent(dispatches)
+        return True
+
+    def _send_now(self, dispatches: list[Dispatch]) -> bool:  # False (logged) when the send failed
         try:
             self.transport.send(dispatches)
         except BrokerError as exc:
             log.warning("%d job(s) written but not sent (%s); the outbox sends them again", len(dispatches), exc)
             return False
-        self._store.mark_sent(dispatches)
         return True
 
     # -- moving jobs -------------------------------------------------------------------------
@@ -179,9 +189,23 @@ class PairedBroker(Broker):
         The send does not read the outbox first: the jobs were written marked a moment ago, so
         reading them back would only add a store round trip to every enqueue's latency. What a
         concurrent maintenance pass sends too, or what was cancelled meanwhile, is a duplicate or
-        a dead delivery, dropped at claim. A failed send leaves the marks for maintenance."""
-        ids = self._store.enqueue(messages)
+        a dead delivery, dropped at claim. A failed send leaves the marks for maintenance.
+        Messages without a unique key make the jobs of their own ids, so their send need not wait
+        for the write's answer: the store may send while the write is on its way
+        (``JobStore.enqueue_sending``); the unmark still waits for the write."""
         now = self.clock()
+        if messages and all(m.key is None for m in messages):
+            due = list({m.id: Dispatch(m.id, m.queue, m.priority) for m in messages
+                        if m.run_at is None or m.run_at <= now}.values())
+            if due:
+                sent: list[bool] = []
+                ids = self._store.enqueue_sending(messages, lambda: sent.append(self._send_now(due)))
+                if sent and sent[0]:
+                    self._store.mark_sent(due)
+                else:
+                    self._store.keep_unsent(due)  # left to maintenance, as any unsent job
+                return ids
+        ids = self._store.enqueue(messages)
         fresh = list({m.id: Dispatch(m.id, m.queue, m.priority) for m, job_id in zip(messages, ids)
                       if job_id == m.id and (m.run_at is None or m.run_at <= now)}.values())
         if fresh and not self._carry(fresh):
@@ -256,6 +280,8 @@ class PairedBroker(Broker):
     def _claim(self, deliveries: list[Delivery], lease: float, consumer: str) -> list[Lease]:
         try:
             leases = self._store.claim_jobs([d.dispatch for d in deliveries], lease, consumer)
+            if len(leases) < len(deliveries) and self._store.sends_before_written:
+                leases += self._claim_unwritten(deliveries, {x.job_id for x in leases}, lease, consumer)
         except BaseException:
             self.transport.requeue(deliveries)
             raise
@@ -285,6 +311,28 @@ class PairedBroker(Broker):
                       for x in leases if x.job_id in refused])
             leases = [x for x in leases if x.job_id not in refused]
         return leases
+
+    def _claim_unwritten(self, deliveries: list[Delivery], claimed: set[str], lease: float,
+                         consumer: str) -> list[Lease]:
+        """Claim again, for up to WRITE_WAIT seconds, the deliveries of young jobs the store does
+        not have: sent while their write was on its way, they came first. A job that never comes
+        is then dropped (written later after all, its delivery counts as lost: resent as such)."""
+        now = time.time()
+        young = [d for d in deliveries if d.body is None and d.job_id not in claimed and _young(d.job_id, now)]
+        if not young:
+            return []
+        records = self._store.get_many([d.job_id for d in young])
+        waiting = list({d.job_id: d.dispatch for d, r in zip(young, records) if r is None}.values())
+        out: list[Lease] = []
+        delay, deadline = 0.001, time.monotonic() + WRITE_WAIT
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(delay, left))
+            delay *= 2
+            more = self._store.claim_jobs(waiting, lease, consumer)
+            got = {x.job_id for x in more}
+            out += more
+            waiting = [d for d in waiting if d.job_id not in got]
+        return out
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block until a delivery arrives (kept for the next fetch) or ``timeout``."""
@@ -439,3 +487,14 @@ class PairedBroker(Broker):
 
     def workers(self, max_age: float = 60.0) -> list[WorkerInfo]:
         return self._store.workers(max_age)
+
+
+def _young(job_id: str, now: float) -> bool:
+    """Whether ``job_id`` is a UUIDv7 (Conveyor's ids) made within YOUNG_FOR seconds of ``now``."""
+    if len(job_id) != 36 or job_id[14] != "7":
+        return False
+    try:
+        made = int(job_id[:8] + job_id[9:13], 16) / 1000
+    except ValueError:
+        return False
+    return abs(now - made) < YOUNG_FOR

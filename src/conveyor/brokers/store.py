@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -55,7 +55,8 @@ class JobStore(DefaultQueries, ABC):
     Pairing. A store that claims natively is a broker by itself (:class:`Broker`). To be paired
     with a :class:`~conveyor.brokers.transport.Transport` a store also implements the pairing
     hooks (:meth:`claim_jobs`, :meth:`use_outbox`, :meth:`outbox`, :meth:`mark_sent`,
-    :meth:`promote`; :meth:`keep_unsent` has a default) and sets ``supports_pairing``.
+    :meth:`promote`; :meth:`keep_unsent` and :meth:`enqueue_sending` have defaults) and sets
+    ``supports_pairing``.
 
     Capabilities are declared as class attributes, never probed; the worker chooses blocking fetch,
     notification or polling from them (a paired broker takes them from its transport).
@@ -75,6 +76,8 @@ class JobStore(DefaultQueries, ABC):
     supports_search: bool = False
     #: True when the store implements the pairing hooks (a transport can carry its jobs).
     supports_pairing: bool = False
+    #: True when :meth:`enqueue_sending` may send the jobs before their write is confirmed.
+    sends_before_written: bool = False
     #: True when :meth:`mark_started` records starts. Without it a worker sends none, and a job
     #: reads as reserved until its ack writes its start.
     supports_start_marks: bool = False
@@ -347,6 +350,16 @@ class JobStore(DefaultQueries, ABC):
         from those, as Redis does). By default, an :meth:`outbox` read of these jobs, which does
         exactly that."""
         self.outbox(len(jobs), jobs)
+
+    def enqueue_sending(self, messages: Sequence[Message], send: Callable[[], None]) -> list[str]:
+        """:meth:`enqueue`, calling ``send`` once (a paired broker's send of the new jobs; it never
+        raises, and calls no method of this store). By default after the write. A store with
+        ``sends_before_written`` may call it while the write is on its way, before the store
+        confirmed it: a transport's delivery may then reach a member before the job is visible
+        there (see ``PairedBroker``: such a claim is tried again for a moment)."""
+        ids = self.enqueue(messages)
+        send()
+        return ids
 
     def resend_queued(self) -> None:
         """Mark every ``queued`` job to be sent again (after a transport lost its deliveries)."""

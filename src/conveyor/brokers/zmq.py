@@ -53,7 +53,16 @@ from .records import Check, Dispatch, Outcome
 from .transport import Delivery, Transport
 from .zmq_hub import Hub, HubOptions
 from .zmq_process import HUBS_ENV, HubService, context, exported, local_hub
-from .zmq_wire import ANSWER_MAX, ZMQOptions, answer_socket, can, decode_deliveries, encode_dispatches, outcome_event
+from .zmq_wire import (
+    DATAGRAM_MAX,
+    ZMQOptions,
+    answer_socket,
+    can,
+    decode_deliveries,
+    encode_dispatches,
+    outcome_event,
+    push_name,
+)
 
 if TYPE_CHECKING:
     from .store import Broker
@@ -70,6 +79,8 @@ DRAINED_FOR = 0.005
 LOCAL_MOST = 100_000
 #: Most deliveries per pushed message.
 PUSH_BATCH = 1000
+#: Seconds a producer pushes over ZeroMQ only after finding no hub's datagram socket on its host.
+LOCAL_LOOK_EVERY = 1.0
 
 _identities = itertools.count(1)
 
@@ -116,6 +127,10 @@ class ZMQTransport(Transport):
         self._own: HubService | None = None
         self._drained: tuple[frozenset[str], float] | None = None  # queues the hub had emptied, when
         self._hubs_seen: tuple[str | None, Any] = (None, None)  # (HUBS_ENV's value, our entry in it)
+        # A hub on this host at the URL's only address takes pushes on a datagram socket of this name.
+        self._local_name = push_name(self.options.push[0]) if len(self.options.push) == 1 else None
+        self._local: socket.socket | None = None
+        self._local_off_until = 0.0  # no such hub was found: ZeroMQ only until then
 
     def __repr__(self) -> str:
         return f"<ZMQTransport {self.options.key}>"
@@ -137,10 +152,11 @@ class ZMQTransport(Transport):
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():  # ZeroMQ sockets inherited through fork are never touched
-            if self._answers is not None:
-                self._answers[0].close()  # a plain file descriptor: the parent keeps its own
+            for own in (self._answers[0] if self._answers is not None else None, self._local):
+                if own is not None:
+                    own.close()  # a plain file descriptor: the parent keeps its own
             self._push = self._dealer = self._notify = self._monitor = None
-            self._answers = self._waiting = None
+            self._answers = self._waiting = self._local = None
             self._spare, self._queue_of, self._own = [], {}, None
             self._pid = os.getpid()
 
@@ -160,10 +176,11 @@ class ZMQTransport(Transport):
         for sock in (self._push, self._dealer, self._notify):
             if sock is not None:
                 sock.close()
-        if self._answers is not None:
-            self._answers[0].close()
+        for own in (self._answers[0] if self._answers is not None else None, self._local):
+            if own is not None:
+                own.close()
         self._push = self._dealer = self._notify = self._monitor = None
-        self._answers = self._waiting = None
+        self._answers = self._waiting = self._local = None
         if self._own is not None:
             self._own.close()
             self._own = None
@@ -217,6 +234,8 @@ class ZMQTransport(Transport):
             hub.put(dispatches)
             return
         with self._send_lock:
+            if self._push_locally(dispatches):
+                return
             sock = self._push_socket()
             # A connected worker with room (IMMEDIATE: no room without one) takes the push at once;
             # only when there is none are the monitor's events read and the timeout waited.
@@ -236,6 +255,29 @@ class ZMQTransport(Transport):
                     sock.send(frame, zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
                     raise BrokerError(f"zmq:// push to {self.options.key} failed: {exc}") from exc
+
+    def _push_locally(self, dispatches: Sequence[Dispatch]) -> bool:
+        """Push through the datagram socket of a hub bound on this host at the URL's only address
+        (``zmq_wire.push_name``): no ZeroMQ I/O thread on the way. False when there is none (looked
+        for again a second later), or the push is too big or finds its queue full: ZeroMQ then
+        carries it, waiting or failing as usual."""
+        now = time.monotonic()
+        if self._local_name is None or now < self._local_off_until or len(dispatches) > PUSH_BATCH:
+            return False
+        frame = encode_dispatches(dispatches)
+        if len(frame) > DATAGRAM_MAX:
+            return False
+        if self._local is None:
+            self._local = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._local.setblocking(False)
+        try:
+            self._local.sendto(frame, self._local_name)
+        except (ConnectionRefusedError, FileNotFoundError):  # no hub bound here
+            self._local_off_until = now + LOCAL_LOOK_EVERY
+            return False
+        except OSError:  # its queue is full (or the frame too big for this system)
+            return False
+        return True
 
     def _push_socket(self) -> zmq.Socket[Any]:
         if self._push is None:
@@ -339,7 +381,7 @@ class ZMQTransport(Transport):
                 else:
                     assert self._answers is not None
                     try:
-                        body = self._answers[0].recv(ANSWER_MAX + 1)
+                        body = self._answers[0].recv(DATAGRAM_MAX + 1)
                     except BlockingIOError:
                         continue
                 answered, got, more = decode_deliveries(body)

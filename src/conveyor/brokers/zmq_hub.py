@@ -39,7 +39,7 @@ import zmq
 from .records import Dispatch, JobQuery
 from .transport import Delivery
 from .zmq_buffer import TICK, Buffer
-from .zmq_wire import ANSWER_MAX, MAX_PUSH, Endpoint, can, decode_dispatches, encode_deliveries
+from .zmq_wire import DATAGRAM_MAX, MAX_PUSH, Endpoint, can, decode_dispatches, encode_deliveries, push_name
 
 if TYPE_CHECKING:
     from .store import JobStore
@@ -197,32 +197,54 @@ class Hub(Buffer):
                 s.close(0)
             self._ready.set()
             return
+        local = self._local_pushes()  # before the hub is said ready: a push right after finds it
         self._ready.set()
         self._answers = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._answers.setblocking(False)
         try:
-            self._loop(pull, router, pub)
+            self._loop(pull, router, pub, local)
         except Exception:
             log.exception("the zmq:// hub failed; deliveries are resent from the store by the next hub")
         finally:
             self._answers.close()
+            if local is not None:
+                local.close()
             for s in sockets:
                 s.close(0)
 
-    def _loop(self, pull: zmq.Socket[Any], router: zmq.Socket[Any] | None, pub: zmq.Socket[Any] | None) -> None:
+    def _local_pushes(self) -> socket.socket | None:
+        """The datagram socket at which producers on this host push (``zmq_wire.push_name``), when
+        the hub binds its address; None when it cannot."""
+        name = push_name(self.options.jobs.address) if self.options.jobs.bind else None
+        if name is None:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(name)
+        except OSError as exc:  # taken: producers then push over ZeroMQ only
+            log.debug("zmq:// local pushes off (%s)", exc)
+            sock.close()
+            return None
+        sock.setblocking(False)
+        return sock
+
+    def _loop(self, pull: zmq.Socket[Any], router: zmq.Socket[Any] | None, pub: zmq.Socket[Any] | None,
+              local: socket.socket | None) -> None:
         poller = zmq.Poller()
         if router is not None:
             poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        sources: list[Any] = [pull] if local is None else [pull, local.fileno()]
         reading = False
         next_tick = 0.0
         while not self._stop.is_set():
             want_pull = self.depth() < self.options.buffer
             if want_pull != reading:
-                if want_pull:
-                    poller.register(pull, zmq.POLLIN)
-                else:
-                    poller.unregister(pull)
+                for source in sources:  # past the buffer, local pushes fill the kernel's queue
+                    if want_pull:
+                        poller.register(source, zmq.POLLIN)
+                    else:
+                        poller.unregister(source)
                 reading = want_pull
             timeout_ms = max(0.0, min(next_tick - time.monotonic(), self._next_deadline()))
             ready = dict(poller.poll(int(timeout_ms * 1000) + 1))
@@ -232,6 +254,8 @@ class Hub(Buffer):
                         pass
                 except (BlockingIOError, OSError):
                     pass
+            if reading and local is not None and local.fileno() in ready:
+                self._read_local(local)
             if reading and pull in ready:
                 self._read_pushes(pull)
             if router is not None and router in ready:
@@ -254,17 +278,30 @@ class Hub(Buffer):
         for _ in range(100):  # a bounded batch, so members are served between reads
             if not can(pull, zmq.POLLIN):  # cheaper than a zmq.Again raised
                 return
-            frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
+            self._pushed(pull.recv_multipart(zmq.NOBLOCK, copy=True))
+            if self.depth() >= self.options.buffer:
+                return
+
+    def _pushed(self, frames: list[bytes]) -> None:
+        try:
+            dispatches = decode_dispatches(frames)
+        except ValueError:
+            # Not Conveyor's deliveries: a job message (or something to record as failed with the
+            # reason), which the pool process that takes it adds to the store.
+            self.counters.messages += 1
+            self.put_message(b"".join(frames))
+            return
+        self.counters.received += len(dispatches)
+        self.put(dispatches)
+
+    def _read_local(self, local: socket.socket) -> None:
+        """Pushes of producers on this host (datagrams: each one push frame)."""
+        for _ in range(100):
             try:
-                dispatches = decode_dispatches(frames)
-            except ValueError:
-                # Not Conveyor's deliveries: a job message (or something to record as failed with
-                # the reason), which the pool process that takes it adds to the store.
-                self.counters.messages += 1
-                self.put_message(b"".join(frames))
-                continue
-            self.counters.received += len(dispatches)
-            self.put(dispatches)
+                frame = local.recv(DATAGRAM_MAX + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            self._pushed([frame])
             if self.depth() >= self.options.buffer:
                 return
 
@@ -309,7 +346,7 @@ class Hub(Buffer):
         with self._cond:
             more = any(self._queues.get(q) for q in queues)
         body = encode_deliveries(request, got, more)
-        if answer_to is not None and self._answers is not None and len(body) <= ANSWER_MAX:
+        if answer_to is not None and self._answers is not None and len(body) <= DATAGRAM_MAX:
             try:
                 self._answers.sendto(body, answer_to)
                 return

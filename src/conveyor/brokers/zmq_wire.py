@@ -18,6 +18,7 @@ unknown), ``state``, ``finished_at``, ``run_at``, ``error`` and, when it is JSON
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
@@ -34,15 +35,17 @@ from ..errors import ConfigError
 from .records import Dispatch, Outcome
 from .transport import Delivery
 
-__all__ = ["ANSWER_MAX", "MAX_PUSH", "Endpoint", "ZMQOptions", "answer_socket", "can", "decode_deliveries",
-           "decode_dispatches", "encode_deliveries", "encode_dispatches", "message_queue", "outcome_event"]
+__all__ = ["DATAGRAM_MAX", "MAX_PUSH", "Endpoint", "ZMQOptions", "answer_socket", "can", "decode_deliveries",
+           "decode_dispatches", "encode_deliveries", "encode_dispatches", "message_queue", "outcome_event",
+           "push_name"]
 
 MAX_ID = 200  # longest job id or queue name accepted from the wire
 #: Largest push a worker reads (bytes): four times the default size limit of a job message.
 MAX_PUSH = 4 * 1_048_576
 DEFAULT_QUEUE = "default"
-#: Largest hub answer sent to a member's datagram socket (a larger one goes over ZeroMQ).
-ANSWER_MAX = 65_000
+#: Largest message sent on a datagram socket, a hub's answer or a local push (a larger one goes
+#: over ZeroMQ).
+DATAGRAM_MAX = 65_000
 _OPTIONS = {"bind", "pull", "events", "hwm", "buffer", "send_timeout", "resend_after"}
 
 
@@ -187,6 +190,16 @@ def answer_socket() -> tuple[socket.socket, str] | None:
         return None
     sock.setblocking(False)
     return sock, name
+
+
+def push_name(address: str) -> str | None:
+    """The Unix datagram address (Linux, abstract namespace) at which a hub bound at the ZeroMQ
+    ``address`` also takes pushes from producers on its host; None elsewhere. A producer that can
+    send there skips the two ZeroMQ I/O threads a push over tcp passes through (its own and the
+    hub's): the kernel wakes the hub's thread directly. The name goes with the hub's socket."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return "\0conveyor-zmq-push-" + hashlib.blake2b(address.encode(), digest_size=12).hexdigest()
 
 
 def decode_deliveries(body: bytes) -> tuple[int, list[Delivery], bool]:

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 from zmq_support import Project, free_port, store_url
 
+from conveyor import Conveyor, Task
+from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.zmq import HubService
+
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -31,3 +35,37 @@ def project(tmp_path: Path, store: str, ports: tuple[int, int]) -> Iterator[Proj
         yield made
     finally:
         made.cleanup()
+
+
+@pytest.fixture
+def redis_store(tmp_path: Path) -> Iterator[str]:
+    """A Redis key prefix of its own, deleted at teardown."""
+    url = store_url("redis", tmp_path)
+    yield url
+    store = RedisBroker(url)
+    try:
+        store.open()
+        keys = list(store._link.client().scan_iter(match=f"*{store.prefix}*", count=1000))
+        for i in range(0, len(keys), 500):
+            store._link.exec("DEL", *keys[i:i + 500])
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def worker_here(redis_store: str) -> Iterator[tuple[Conveyor, Task[[], None], HubService]]:
+    """An app on ``zmq://`` + Redis, a ``noop`` task, and a worker's hub in this process (nothing
+    claims: what is sent stays in its buffer)."""
+    app = Conveyor(f"zmq://127.0.0.1:{free_port()}", store=redis_store)
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    service = app.broker.transport.serve()  # type: ignore[attr-defined]
+    app.open()
+    try:
+        yield app, noop, service
+    finally:
+        app.close()
+        service.close()

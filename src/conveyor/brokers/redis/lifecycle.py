@@ -33,7 +33,14 @@ class RedisLifecycle(RedisBase):
 
     # -- moving jobs -------------------------------------------------------------------------
     def enqueue(self, messages: Sequence[Message]) -> list[str]:
+        return self._enqueue(messages, None)
+
+    def _enqueue(self, messages: Sequence[Message], meanwhile: Callable[[], None] | None) -> list[str]:
+        """``enqueue``; ``meanwhile`` (when given) is called once: while the usual single enqueue is
+        on its way to Redis (before its reply is read), else after the write."""
         if not messages:
+            if meanwhile is not None:
+                meanwhile()
             return []
         now = self.clock()
         ids = [m.id for m in messages]
@@ -51,7 +58,7 @@ class RedisLifecycle(RedisBase):
             m = messages[0]
             if m.key is None and (m.run_at is None or m.run_at <= now):  # the usual single enqueue
                 self._script("enqueue_one", [m.queue], now, [m.id, str(int(m.priority)), fixed(m)],
-                             self._register([m.queue]))
+                             self._register([m.queue]), meanwhile)
                 self._remember(((m.id, m.queue),))
                 return ids
         for group in self._groups([m.queue for m in messages]):
@@ -90,6 +97,8 @@ class RedisLifecycle(RedisBase):
             for k in range(0, len(out), 2):
                 ids[positions[out[k] - 1]] = out[k + 1].decode()
         self._remember((job_id, m.queue) for job_id, m in zip(ids, messages) if job_id == m.id)
+        if meanwhile is not None:
+            meanwhile()
         return ids
 
     def _enqueue_chunks(self, queue: str, priority: int, now: float, messages: Sequence[Message],

@@ -23,10 +23,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..records import Dispatch, Lease, Outcome
+from ..records import Dispatch, Lease, Message, Outcome
 from .codec import _f, _header
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ class RedisPairing:
     """Mixed into :class:`~conveyor.brokers.redis.RedisBroker` (see the module docstring)."""
 
     supports_pairing = True
+    #: The send of a single enqueue leaves before its reply from Redis is read (``enqueue_sending``).
+    sends_before_written = True
     _outbox_on = False
 
     if TYPE_CHECKING:
@@ -75,6 +77,7 @@ class RedisPairing:
         cluster: bool
 
         def _base(self, queue: str) -> str: ...
+        def _enqueue(self, messages: Sequence[Message], meanwhile: Callable[[], None] | None) -> list[str]: ...
         def _remember(self, pairs: Any) -> None: ...
         def ack(self, outcomes: Sequence[Outcome]) -> list[bool]: ...
 
@@ -103,6 +106,11 @@ class RedisPairing:
                     if not more:
                         break
         return n + (int(super().purge(queue, wanted)) if wanted else 0)  # type: ignore[misc]
+
+    def enqueue_sending(self, messages: Sequence[Message], send: Callable[[], None]) -> list[str]:
+        """``enqueue``, with ``send`` called while the usual single enqueue is on its way to Redis:
+        the transport's delivery travels while Redis writes (see ``sends_before_written``)."""
+        return self._enqueue(messages, send)
 
     def claim_jobs(self, jobs: Sequence[Dispatch], lease: float, consumer: str) -> list[Lease]:
         now = self.clock()
@@ -222,14 +230,14 @@ class RedisPairing:
             log.warning("could not unmark %d sent job(s) in Redis: %s", len(commands) // 2, exc)
 
     def _script(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any],
-                pipe_before: Sequence[tuple[Any, ...]] = ()) -> Any:
+                pipe_before: Sequence[tuple[Any, ...]] = (), meanwhile: Callable[[], None] | None = None) -> Any:
         """Every store script, with the unmarks waiting in this process sent before it in the same
         round trip. If the call fails they may not have been applied: the marks then stay for
         maintenance (which sends those jobs again, or drops them when they are no longer queued)."""
         unmarks = self.__dict__.get("_unmarks_state")
         if unmarks is not None and unmarks.commands and unmarks.pid == os.getpid():
             pipe_before = [*unmarks.take(), *pipe_before]
-        return super()._script(name, queues, now, args, pipe_before)  # type: ignore[misc]
+        return super()._script(name, queues, now, args, pipe_before, meanwhile)  # type: ignore[misc]
 
     def close(self) -> None:
         """Send the unmarks still waiting, then close."""
