@@ -41,6 +41,44 @@ def test_wait_for_wakes_when_the_job_ends_not_at_a_poll(broker: RedisBroker) -> 
     assert not raw(broker).hgetall(broker._base("default") + ":waiters")
 
 
+def test_wait_for_watches_waits_and_reads_in_one_round_trip(broker: RedisBroker) -> None:
+    """The watch script, BLPOP and HGETALL pipelined: Redis runs each as soon as the one before
+    returns (a blocked client's next commands wait for it)."""
+    m = message()
+    broker.enqueue([m])
+    (lease,) = broker.fetch(["default"], 1, 30, "c1")
+    waiter = broker.fork()
+    waiter.wait_for(m.id, 0.01)  # connects and learns the job's queue
+    calls: list[str] = []
+    for name in ("exec", "stream"):
+        real = getattr(waiter._link, name)
+        setattr(waiter._link, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+
+    def finish() -> None:
+        time.sleep(0.2)
+        broker.fork().ack([Outcome(m.id, lease.token, "succeeded", result=b"7", started_at=time.time(),
+                                   finished_at=time.time())])
+
+    threading.Thread(target=finish, daemon=True).start()
+    record = waiter.wait_for(m.id, 10)
+    assert record is not None and record.state == "succeeded" and record.result == b"7"
+    assert calls == ["stream"]
+    assert not raw(broker).hgetall(broker._base("default") + ":waiters")
+
+
+def test_wait_for_a_finished_job_returns_at_once_and_leaves_nothing_behind(broker: RedisBroker) -> None:
+    m = message()
+    broker.enqueue([m])
+    (lease,) = broker.fetch(["default"], 1, 30, "c1")
+    broker.ack([Outcome(m.id, lease.token, "succeeded", result=b"7", started_at=time.time(), finished_at=time.time())])
+    started = time.monotonic()
+    record = broker.fork().wait_for(m.id, 10)
+    assert time.monotonic() - started < 0.5  # the watch script wakes its own wait
+    assert record is not None and record.state == "succeeded"
+    assert not raw(broker).keys(broker._base("default") + ":w:*")
+    assert not raw(broker).hgetall(broker._base("default") + ":waiters")
+
+
 @pytest.mark.parametrize("how", ["fail", "cancel", "delete"])
 def test_wait_for_wakes_on_every_ending(broker: RedisBroker, how: str) -> None:
     m = message(max_attempts=1)

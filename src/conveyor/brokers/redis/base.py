@@ -75,11 +75,13 @@ class RedisBase(Broker):
         return [unique[i:i + 100] for i in range(0, len(unique), 100)]
 
     def _script(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any],
-                pipe_before: Sequence[tuple[Any, ...]] = (), meanwhile: Callable[[], None] | None = None) -> Any:
+                pipe_before: Sequence[tuple[Any, ...]] = (), meanwhile: Callable[[], None] | None = None,
+                then: Sequence[tuple[Any, ...]] = ()) -> Any:
         """Run a script over ``queues`` (one slot on a cluster), after ``pipe_before`` commands sent
-        in the same round trip; ``meanwhile`` runs while it is on its way (see ``RedisLink.script``)."""
+        in the same round trip, and before ``then`` commands; ``meanwhile`` runs while it is on its
+        way (see ``RedisLink.script``)."""
         keys = [self._keymap(queues[0]), *(self._base(q) for q in queues)]
-        return self._link.script(name, keys, (self.prefix, _f(now), *queues, *args), pipe_before, meanwhile)
+        return self._link.script(name, keys, (self.prefix, _f(now), *queues, *args), pipe_before, meanwhile, then)
 
 
     def _register(self, queues: Sequence[str]) -> list[tuple[Any, ...]]:

@@ -410,35 +410,40 @@ class RedisLink:
             self._local = threading.local()
 
     def script(self, name: str, keys: Sequence[str], argv: Sequence[Any],
-               pipe_before: Sequence[tuple[Any, ...]] = (), meanwhile: Callable[[], None] | None = None) -> Any:
+               pipe_before: Sequence[tuple[Any, ...]] = (), meanwhile: Callable[[], None] | None = None,
+               then: Sequence[tuple[Any, ...]] = ()) -> Any:
         """Run script ``name`` of ``lua/*.lua`` after ``pipe_before`` commands sent in the same round
         trip. Loads the scripts again when Redis lost them (a restart, ``SCRIPT FLUSH``).
         ``meanwhile`` is called once, after the script was written to the connection and before its
-        reply is read (see ``stream``); on a cluster, after the reply."""
+        reply is read (see ``stream``); on a cluster, after the reply. With ``then``, commands sent
+        behind the script in the same round trip: the reply is then [the script's, then theirs]."""
         command = ("EVALSHA", SHAS[name], len(keys), *keys, *argv)
         if meanwhile is not None and self.cluster:
-            reply = self.script(name, keys, argv, pipe_before)
+            reply = self.script(name, keys, argv, pipe_before, then=then)
             meanwhile()
             return reply
         for attempt in (1, 2):
             try:
-                if not pipe_before and meanwhile is None:
+                if not pipe_before and meanwhile is None and not then:
                     return self.exec(*command)
                 if not self.cluster:  # on this thread's link, as exec
-                    *before, reply = self.stream(iter([*pipe_before, command]), meanwhile, together=True)
+                    replies = self.stream(iter([*pipe_before, command, *then]), meanwhile, together=True)
                     meanwhile = None  # called by the first try (a reload of the scripts tries again)
-                    for refused in (*before, reply):
+                    for refused in replies:
                         if isinstance(refused, NoScriptError):
                             raise refused
                         if isinstance(refused, ResponseError):
                             raise self.error(refused)
-                    return reply
+                    return replies[len(pipe_before)] if not then else replies[len(pipe_before):]
                 pipe = self.client().pipeline(transaction=False)
                 for command_before in pipe_before:
                     pipe.execute_command(*command_before)
                 pipe.execute_command(*command)
+                for command_after in then:
+                    pipe.execute_command(*command_after, **{NEVER_DECODE: True})
                 try:
-                    reply = pipe.execute()[-1]
+                    got = pipe.execute()
+                    reply = got[len(pipe_before)] if not then else got[len(pipe_before):]
                 except RedisError as exc:
                     if isinstance(exc, NoScriptError):
                         raise

@@ -230,14 +230,15 @@ class RedisPairing:
             log.warning("could not unmark %d sent job(s) in Redis: %s", len(commands) // 2, exc)
 
     def _script(self, name: str, queues: Sequence[str], now: float, args: Sequence[Any],
-                pipe_before: Sequence[tuple[Any, ...]] = (), meanwhile: Callable[[], None] | None = None) -> Any:
+                pipe_before: Sequence[tuple[Any, ...]] = (), meanwhile: Callable[[], None] | None = None,
+                then: Sequence[tuple[Any, ...]] = ()) -> Any:
         """Every store script, with the unmarks waiting in this process sent before it in the same
         round trip. If the call fails they may not have been applied: the marks then stay for
         maintenance (which sends those jobs again, or drops them when they are no longer queued)."""
         unmarks = self.__dict__.get("_unmarks_state")
         if unmarks is not None and unmarks.commands and unmarks.pid == os.getpid():
             pipe_before = [*unmarks.take(), *pipe_before]
-        return super()._script(name, queues, now, args, pipe_before, meanwhile)  # type: ignore[misc]
+        return super()._script(name, queues, now, args, pipe_before, meanwhile, then)  # type: ignore[misc]
 
     def close(self) -> None:
         """Send the unmarks still waiting, then close."""

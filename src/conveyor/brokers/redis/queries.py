@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -26,24 +27,32 @@ class RedisQueries(RedisBase):
     def wait_for(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """Block until the job ends, told by the script that ends it: the waiter is counted in
         ``{P:Q}:waiters`` and blocks on ``{P:Q}:w:<id>``, where that script pushes a token. It looks
-        at the job again at least every second, so a token lost (a Redis restart) costs a second."""
+        at the job again at least every second, so a token lost (a Redis restart) costs a second.
+
+        One round trip a look: the ``watch`` script, BLPOP and HGETALL are pipelined, and Redis runs
+        each as soon as the one before returns (a blocked client's next commands wait for it). When
+        the job has already ended, the script pushes a token to the waiter's own key, which the
+        BLPOP also waits on: it returns at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        mine = secrets.token_hex(6)
         while True:
             queue = self._locate([job_id]).get(job_id)
-            if queue is None:
-                return None
-            state = self._script("watch", [queue], self.clock(), [job_id, "1"]).decode()
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            if state in TERMINAL_STATES or not state:
-                return self.get(job_id)
-            woken = left >= 0.001 and self._link.exec("BLPOP", self._base(queue) + ":w:" + job_id, _f(left))
-            if not woken:
+            if queue is None or left < 0.001:
+                return None if queue is None else self.get(job_id)
+            base = self._base(queue)
+            wake, key = base + ":w:" + job_id, base + ":j:" + job_id
+            state, woken, found = self._script("watch", [queue], self.clock(), [job_id, "1", mine],
+                                               then=[("BLPOP", wake, f"{wake}:{mine}", _f(left)), ("HGETALL", key)])
+            ended = state.decode() in TERMINAL_STATES or not state
+            if not woken and not ended:
                 self._script("watch", [queue], self.clock(), [job_id, "-1"])
-            record = self.get(job_id)
-            if record is None or record.state in TERMINAL_STATES:
-                return record
+            h = _as_dict(found) if woken else {}
+            got = record(job_id, queue, h) if b"state" in h else self.get(job_id)
+            if got is None or got.state in TERMINAL_STATES:
+                return got
             if deadline is not None and time.monotonic() >= deadline:
-                return record
+                return got
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         return [None if got is None else record(job_id, *got)

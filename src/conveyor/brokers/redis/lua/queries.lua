@@ -3,16 +3,23 @@
 
 -- name: watch
 -- ARGV after the queue: id, then '1' (a waiter comes: counted unless the job has ended; returns the
--- job's state, '' when there is none) or '-1' (a waiter leaves without having been woken).
+-- job's state, '' when there is none) or '-1' (a waiter leaves without having been woken). With
+-- '1', an optional third: the waiter's own wake key (a suffix of the job's), pushed at once when
+-- the job has ended or does not exist, so that a BLPOP sent behind this script returns at once.
 local base = base_of(1)
 local id = ARGV[4]
 if ARGV[5] == '1' then
   local state = redis.call('HGET', base .. ':j:' .. id, 'state')
-  if not state then return '' end
-  if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
+  if state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
     redis.call('HINCRBY', base .. ':waiters', id, 1)
+    return state
   end
-  return state
+  if ARGV[6] then
+    local mine = base .. ':w:' .. id .. ':' .. ARGV[6]
+    redis.call('RPUSH', mine, '1')
+    redis.call('EXPIRE', mine, 60)  -- taken at once by the BLPOP behind, unless that was lost
+  end
+  return state or ''
 end
 if redis.call('HINCRBY', base .. ':waiters', id, -1) <= 0 then redis.call('HDEL', base .. ':waiters', id) end
 return ''
