@@ -48,9 +48,10 @@ import orjson
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..errors import BrokerError, ConfigError
+from ..errors import BrokerError
 from .records import Check, Dispatch, Outcome
 from .transport import Delivery, Transport
+from .zmq_doctor import diagnose
 from .zmq_hub import Hub, HubOptions
 from .zmq_process import HUBS_ENV, HubService, context, exported, local_hub
 from .zmq_wire import (
@@ -117,7 +118,10 @@ class ZMQTransport(Transport):
         self._grace_until = 0.0
         self._counted_at = 0.0  # when the PUSH socket's monitor events were last read
         self._dealer: zmq.Socket[Any] | None = None  # take/purge requests to the supervisor's hub
-        self._answers: tuple[socket.socket, str] | None = None  # where the hub answers them, when it can
+        # this process's datagram socket: the hub answers there (when it has an address), and
+        # requests and notices go from there to the hub's own (when it has one)
+        self._answers: tuple[socket.socket, str | None] | None = None
+        self._by_datagram = False  # the take requests too: once the DEALER had an answer (see _ask)
         self._waiting: zmq.Poller | None = None  # on the dealer and the answers socket
         self._notify: zmq.Socket[Any] | None = None  # settle/requeue/events to it (no answers)
         self._requests = itertools.count(1)
@@ -150,6 +154,25 @@ class ZMQTransport(Transport):
             return str(entry[0])
         return None
 
+    def _to_hub(self, kind: bytes, identity: bytes, body: bytes) -> bool:
+        """Send a message to the supervisor's hub as a datagram (no ZeroMQ I/O thread on the way);
+        False when the hub has no datagram address, or the message is too big or finds the hub's
+        queue full: it then goes over ZeroMQ."""
+        entry = self._hubs_seen[1]
+        if not entry or len(entry) < 3:
+            return False
+        frame = b"\0".join((kind, identity, body))
+        if len(frame) > DATAGRAM_MAX:
+            return False
+        with self._notify_lock:
+            if self._answers is None:
+                self._answers = answer_socket()
+        try:
+            self._answers[0].sendto(frame, entry[2])
+        except OSError:
+            return False
+        return True
+
     def _check_fork(self) -> None:
         if self._pid != os.getpid():  # ZeroMQ sockets inherited through fork are never touched
             for own in (self._answers[0] if self._answers is not None else None, self._local):
@@ -157,6 +180,7 @@ class ZMQTransport(Transport):
                     own.close()  # a plain file descriptor: the parent keeps its own
             self._push = self._dealer = self._notify = self._monitor = None
             self._answers = self._waiting = self._local = None
+            self._by_datagram = False
             self._spare, self._queue_of, self._own = [], {}, None
             self._pid = os.getpid()
 
@@ -181,6 +205,7 @@ class ZMQTransport(Transport):
                 own.close()
         self._push = self._dealer = self._notify = self._monitor = None
         self._answers = self._waiting = self._local = None
+        self._by_datagram = False
         if self._own is not None:
             self._own.close()
             self._own = None
@@ -356,17 +381,24 @@ class ZMQTransport(Transport):
         with self._request_lock:
             if self._dealer is None:
                 self._dealer = self._member_socket(endpoint, "")
-                self._answers = answer_socket()
+                with self._notify_lock:
+                    if self._answers is None:
+                        self._answers = answer_socket()
                 self._waiting = zmq.Poller()
                 self._waiting.register(self._dealer, zmq.POLLIN)
-                if self._answers is not None:
+                if self._answers[1] is not None:
                     self._waiting.register(self._answers[0], zmq.POLLIN)
-            assert self._waiting is not None
+            assert self._waiting is not None and self._answers is not None
             request = next(self._requests)
             ask: list[Any] = [request, list(queues), limit, timeout]
-            if self._answers is not None:
+            if self._answers[1] is not None:
                 ask.append(self._answers[1])
-            self._dealer.send_multipart([b"take", orjson.dumps(ask)])
+            # The first request goes over the DEALER: an answer too big for a datagram comes back
+            # over it, which needs the DEALER connected (the hub's ROUTER drops it otherwise).
+            body = orjson.dumps(ask)
+            identity = self._dealer.get(zmq.ROUTING_ID)
+            if not (self._by_datagram and isinstance(identity, bytes) and self._to_hub(b"take", identity, body)):
+                self._dealer.send_multipart([b"take", body])
             deadline = time.monotonic() + timeout + 2.0  # the hub answers by then unless it is gone
             while True:
                 left = deadline - time.monotonic()
@@ -385,6 +417,7 @@ class ZMQTransport(Transport):
                     except BlockingIOError:
                         continue
                 answered, got, more = decode_deliveries(body)
+                self._by_datagram = True
                 if answered == request:
                     self._drained = (frozenset(queues), time.monotonic()) if not more else None
                     return got
@@ -395,6 +428,8 @@ class ZMQTransport(Transport):
         endpoint = self._parent_hub()
         if endpoint is None:
             return False
+        if self._to_hub(kind, f"{os.getpid()}.n".encode(), orjson.dumps(body)):
+            return True
         with self._notify_lock:
             if self._notify is None:
                 self._notify = self._member_socket(endpoint, "n")
@@ -450,41 +485,4 @@ class ZMQTransport(Transport):
     def diagnose(self) -> list[Check]:
         """Whether a worker (or streamer device) accepts pushes at the URL's addresses; when none
         does, whether a worker could bind there; and the settings in force."""
-        checks: list[Check] = []
-        o = self.options
-        sock = context().socket(zmq.PUSH)
-        try:
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.LINGER, 0)
-            for address in o.push:
-                sock.connect(address)
-            reachable = bool(sock.poll(1000, zmq.POLLOUT))
-        finally:
-            sock.close(0)
-        if reachable:
-            checks.append(Check(f"zmq:// workers reachable at {o.key}", True, "a worker or a device accepts pushes"))
-        else:
-            checks.append(Check(f"zmq:// workers reachable at {o.key}", False,
-                                "nothing accepts pushes there: enqueued jobs wait in the store's outbox",
-                                "start `conveyor worker APP` (it binds the address) or the streamer device"))
-            try:
-                jobs = o.jobs
-            except ConfigError as exc:
-                checks.append(Check("zmq:// worker address", False, str(exc), "add bind= or pull= to the URL"))
-                jobs = None
-            if jobs is not None and jobs.bind:
-                probe = context().socket(zmq.PULL)
-                try:
-                    probe.setsockopt(zmq.LINGER, 0)
-                    probe.bind(jobs.address)
-                    checks.append(Check(f"zmq:// worker can bind {jobs.address}", True))
-                except zmq.ZMQError as exc:
-                    checks.append(Check(f"zmq:// worker can bind {jobs.address}", False, str(exc),
-                                        "bind= an address of this host, or use a streamer device (pull=)"))
-                finally:
-                    probe.close(0)
-        checks.append(Check("zmq:// settings", True,
-                            f"hwm={o.hwm} messages, buffer={o.buffer} deliveries per worker, "
-                            f"send_timeout={o.send_timeout:g}s, resend_after={o.resend_after:g}s, "
-                            f"events={o.events or 'off'}"))
-        return checks
+        return diagnose(self.options)

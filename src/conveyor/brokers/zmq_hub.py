@@ -39,7 +39,16 @@ import zmq
 from .records import Dispatch, JobQuery
 from .transport import Delivery
 from .zmq_buffer import TICK, Buffer
-from .zmq_wire import DATAGRAM_MAX, MAX_PUSH, Endpoint, can, decode_dispatches, encode_deliveries, push_name
+from .zmq_wire import (
+    DATAGRAM_MAX,
+    MAX_PUSH,
+    Endpoint,
+    answer_socket,
+    can,
+    decode_dispatches,
+    encode_deliveries,
+    push_name,
+)
 
 if TYPE_CHECKING:
     from .store import JobStore
@@ -106,8 +115,10 @@ class Hub(Buffer):
         self._ready = threading.Event()
         self._error: BaseException | None = None
         # The thread's socket for answers to members that gave a datagram address (see
-        # zmq_wire.answer_socket).
+        # zmq_wire.answer_socket), bound at ``member_name`` (Linux): members send it their
+        # requests and notices as datagrams, ``kind NUL identity NUL body``.
         self._answers: socket.socket | None = None
+        self.member_name: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -198,9 +209,8 @@ class Hub(Buffer):
             self._ready.set()
             return
         local = self._local_pushes()  # before the hub is said ready: a push right after finds it
+        self._answers, self.member_name = answer_socket("hub")  # members' datagrams come here too
         self._ready.set()
-        self._answers = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._answers.setblocking(False)
         try:
             self._loop(pull, router, pub, local)
         except Exception:
@@ -235,6 +245,9 @@ class Hub(Buffer):
             poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         sources: list[Any] = [pull] if local is None else [pull, local.fileno()]
+        dgrams = self._answers.fileno() if self._answers is not None and self.member_name else None
+        if dgrams is not None:
+            poller.register(dgrams, zmq.POLLIN)
         reading = False
         next_tick = 0.0
         while not self._stop.is_set():
@@ -260,6 +273,8 @@ class Hub(Buffer):
                 self._read_pushes(pull)
             if router is not None and router in ready:
                 self._read_members(router)
+            if router is not None and dgrams is not None and dgrams in ready:
+                self._read_member_datagrams(router)
             if pub is not None and self._events:
                 self._send_events(pub)
             if router is not None and self._parked:
@@ -313,6 +328,19 @@ class Hub(Buffer):
             if len(frames) < 3:
                 continue
             identity, kind, body = frames[0], frames[1], frames[2]
+            try:
+                self._member_message(router, identity, kind, body)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                log.error("dropped a malformed message from zmq:// member %r (%s)", identity, exc)
+
+    def _read_member_datagrams(self, router: zmq.Socket[Any]) -> None:
+        assert self._answers is not None
+        for _ in range(1000):
+            try:
+                frame = self._answers.recv(DATAGRAM_MAX + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            kind, identity, body = frame.split(b"\0", 2)
             try:
                 self._member_message(router, identity, kind, body)
             except (ValueError, TypeError, KeyError, IndexError) as exc:

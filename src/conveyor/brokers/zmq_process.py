@@ -65,7 +65,7 @@ class HubService:
         with _lock:
             _hubs[key] = (os.getpid(), hub)
         hubs = exported()
-        hubs[key] = [members, os.getpid()]
+        hubs[key] = [members, os.getpid(), *([hub.member_name] if hub.member_name else [])]
         _export(hubs)
         return cls(key, hub, folder)
 
@@ -83,7 +83,8 @@ class HubService:
 
 
 def exported() -> dict[str, list[Any]]:
-    """The hubs exported in this process's environment: key -> [members endpoint, supervisor pid]."""
+    """The hubs exported in this process's environment: key -> [members endpoint, supervisor pid,
+    and the hub's datagram address when it has one]."""
     try:
         found = json.loads(os.environ.get(HUBS_ENV, "{}"))
     except ValueError:

@@ -172,23 +172,23 @@ def encode_deliveries(request: int, deliveries: Sequence[Delivery], more: bool) 
                                    for d in deliveries], more])
 
 
-def answer_socket() -> tuple[socket.socket, str] | None:
-    """A pool process's socket for its hub's answers, and its address; None where there is none.
+def answer_socket(who: str = "member") -> tuple[socket.socket, str | None]:
+    """A datagram socket of a pool process (for its hub's answers) or of a hub (for its members'
+    requests), and its address; no address where there is none (then unbound: it only sends).
 
     On Linux, a Unix datagram socket in the abstract namespace (no file to clean up: the name goes
-    with the socket). The hub writes its answers straight into it: the kernel wakes the waiting
-    member, where an answer over ZeroMQ passes through two more threads (the I/O thread of each
-    side). Elsewhere the answers come over ZeroMQ as before."""
-    if not sys.platform.startswith("linux"):
-        return None
+    with the socket). The other side writes straight into it: the kernel wakes the waiting thread,
+    where a message over ZeroMQ passes through two more threads (the I/O thread of each side).
+    Elsewhere the messages go over ZeroMQ as before."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    name = f"\0conveyor-zmq-{os.getpid()}-{secrets.token_hex(6)}"
+    sock.setblocking(False)
+    if not sys.platform.startswith("linux"):
+        return sock, None
+    name = f"\0conveyor-zmq-{who}-{os.getpid()}-{secrets.token_hex(6)}"
     try:
         sock.bind(name)
     except OSError:
-        sock.close()
-        return None
-    sock.setblocking(False)
+        return sock, None
     return sock, name
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+import orjson
 import pytest
 import zmq
 from zmq_support import free_port
@@ -138,6 +139,38 @@ def test_a_pool_process_gets_its_answers_on_a_datagram_or_over_zeromq_when_too_b
         assert len(got) == 2000
         service.hub.put([Dispatch("job-2", "default", 0)])
         assert [d.job_id for d in member._ask(members, ["default"], 10, 5.0)] == ["job-2"]
+    finally:
+        member.close()
+        service.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix sockets: Linux only")
+def test_a_pool_process_sends_its_requests_and_notices_to_the_hub_as_datagrams() -> None:
+    url = f"zmq://127.0.0.1:{free_port()}"
+    service = ZMQTransport(url).serve()
+    members = service.hub.options.members
+    assert members is not None and service.hub.member_name is not None
+    member = ZMQTransport(url)  # as a pool process of this hub asks it
+    member.open()
+    member._parent_hub()  # reads the hub's entry (this test process is not its pool process)
+    sent: list[tuple[bytes, bool]] = []
+    real = member._to_hub
+
+    def to_hub(kind: bytes, identity: bytes, body: bytes) -> bool:
+        done = real(kind, identity, body)
+        sent.append((kind, done))
+        return done
+
+    member._to_hub = to_hub  # type: ignore[method-assign]
+    try:
+        service.hub.put([Dispatch("job-1", "default", 0), Dispatch("job-2", "default", 0)])
+        first = member._ask(members, ["default"], 1, 5.0)
+        assert [d.job_id for d in first] == ["job-1"] and sent == []  # the first request: over the DEALER
+        second = member._ask(members, ["default"], 1, 5.0)
+        assert [d.job_id for d in second] == ["job-2"] and sent == [(b"take", True)]
+        assert service.hub.held() == 2
+        assert member._to_hub(b"settle", b"0.n", orjson.dumps([d.tag for d in first + second]))
+        wait_for(lambda: service.hub.held() == 0, 5.0, "the settle by datagram")
     finally:
         member.close()
         service.close()
