@@ -340,8 +340,9 @@ class Hub(Buffer):
                 frame = self._answers.recv(DATAGRAM_MAX + 1)
             except (BlockingIOError, InterruptedError):
                 return
-            kind, identity, body = frame.split(b"\0", 2)
+            identity = b"?"
             try:
+                kind, identity, body = frame.split(b"\0", 2)
                 self._member_message(router, identity, kind, body)
             except (ValueError, TypeError, KeyError, IndexError) as exc:
                 log.error("dropped a malformed message from zmq:// member %r (%s)", identity, exc)
@@ -361,8 +362,8 @@ class Hub(Buffer):
             self.settle(orjson.loads(body))
         elif kind == b"requeue":
             self.requeue(orjson.loads(body))
-        elif kind == b"events":
-            self.publish(orjson.loads(body))
+        elif kind == b"events":  # [topic, body] pairs (a local process may send anything here)
+            self.publish([e for e in orjson.loads(body) if isinstance(e, list) and len(e) == 2])
         elif kind == b"purge":
             request, queue = orjson.loads(body)
             router.send_multipart([identity, b"purged", orjson.dumps([request, self.purge(queue)])])

@@ -4,6 +4,7 @@ process gets its hub's answers on a datagram socket (or over ZeroMQ when they do
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -173,4 +174,19 @@ def test_a_pool_process_sends_its_requests_and_notices_to_the_hub_as_datagrams()
         wait_for(lambda: service.hub.held() == 0, 5.0, "the settle by datagram")
     finally:
         member.close()
+        service.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix sockets: Linux only")
+def test_a_malformed_datagram_to_the_hub_is_dropped_and_the_hub_goes_on() -> None:
+    url = f"zmq://127.0.0.1:{free_port()}?events=tcp://127.0.0.1:{free_port()}"
+    service = ZMQTransport(url).serve()
+    assert service.hub.member_name is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        for junk in (b"no separators", b"take\0x\0not json", b"what\0x\0[]", b"events\0x\0[1, [2]]"):
+            sock.sendto(junk, service.hub.member_name)
+    try:
+        time.sleep(0.2)
+        assert service.hub.alive
+    finally:
         service.close()
