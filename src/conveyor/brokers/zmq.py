@@ -416,7 +416,11 @@ class ZMQTransport(Transport):
                         body = self._answers[0].recv(DATAGRAM_MAX + 1)
                     except BlockingIOError:
                         continue
-                answered, got, more = decode_deliveries(body)
+                try:
+                    answered, got, more = decode_deliveries(body)
+                except (ValueError, TypeError, IndexError):  # any local process may write to the socket
+                    log.warning("dropped a malformed answer on the zmq:// member socket")
+                    continue
                 self._by_datagram = True
                 if answered == request:
                     self._drained = (frozenset(queues), time.monotonic()) if not more else None

@@ -190,3 +190,23 @@ def test_a_malformed_datagram_to_the_hub_is_dropped_and_the_hub_goes_on() -> Non
         assert service.hub.alive
     finally:
         service.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix sockets: Linux only")
+def test_a_pool_process_drops_a_malformed_datagram_and_still_gets_its_answer() -> None:
+    url = f"zmq://127.0.0.1:{free_port()}"
+    service = ZMQTransport(url).serve()
+    members = service.hub.options.members
+    assert members is not None
+    member = ZMQTransport(url)
+    member.open()
+    try:
+        assert member._ask(members, ["default"], 1, 0.0) == []  # makes its datagram socket
+        assert member._answers is not None and member._answers[1] is not None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"not an answer", member._answers[1])
+        service.hub.put([Dispatch("job-1", "default", 0)])
+        assert [d.job_id for d in member._ask(members, ["default"], 1, 5.0)] == ["job-1"]
+    finally:
+        member.close()
+        service.close()
