@@ -15,7 +15,9 @@ Phases (each on a schema of its own, dropped and made again with ``conveyor migr
   autocommit, the same connection options as the store) in the same process, in alternating blocks
   (floor, ours, floor, ours …). Two floors: ``plain`` is a plain table ``(id identity primary key,
   task text, payload bytea)``, the bar of the issue; ``jobs`` is the same one-row INSERT into
-  ``conveyor_jobs`` itself (its indexes and triggers, no Python).
+  ``conveyor_jobs`` itself (its indexes and triggers, no Python). With the server on this host, each
+  block also reads the CPU time its server process spent (``/proc/<backend pid>/stat``): CPU time is
+  what a busy shared machine disturbs least.
 * ``bulk``: ``noop.enqueue_many`` in batches of ``--batch`` (``--bulk-n`` jobs), and a COPY of as many
   rows into the plain table (the floor), in ``--blocks`` alternating blocks; medians of the blocks.
 * ``drain``: ``python -m bench --phases drain,latency`` (the usual harness: 2 worker processes, a
@@ -89,6 +91,19 @@ def libpq(url: str) -> str:
 
 
 # -- single enqueue ---------------------------------------------------------------------------
+def _server_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) the server process ``pid`` (on this host) has used; None when
+    unknown or not readable."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def phase_enqueue(url: str, n: int, blocks: int) -> dict[str, Any]:
     store_url = fresh_store(url, "cbench_enqueue")
     app, noop = make_app(store_url)
@@ -118,18 +133,30 @@ def phase_enqueue(url: str, n: int, blocks: int) -> dict[str, Any]:
 
         for fn in (plain, jobs, ours):  # warm: connections, prepared statements
             fn(20)
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        # The store's pool keeps one connection for a producer with one thread.
+        ours_backend = app.broker._run(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0])
+        local = conn.info.host in ("127.0.0.1", "::1", "localhost") or conn.info.host.startswith("/")
+        pids = {"plain": backend, "jobs": backend, "ours": ours_backend} if local else {}
         rates: dict[str, list[float]] = {"plain": [], "jobs": [], "ours": []}
+        server: dict[str, list[float]] = {"plain": [], "jobs": [], "ours": []}
         cpu: list[float] = []
         for _ in range(blocks):
             for name, fn in (("plain", plain), ("ours", ours), ("jobs", jobs)):
+                s0 = _server_cpu(pids.get(name))
                 c0, t0 = time.process_time(), time.perf_counter()
                 fn(n)
                 wall = time.perf_counter() - t0
+                s1 = _server_cpu(pids.get(name))
                 rates[name].append(n / wall)
+                if s0 is not None and s1 is not None:
+                    server[name].append((s1 - s0) / n * 1e6)
                 if name == "ours":
                     cpu.append((time.process_time() - c0) / n * 1e6)
     app.close()
     out: dict[str, Any] = {f"{k}_jobs_per_s": round(statistics.median(v), 1) for k, v in rates.items()}
+    if all(server.values()):
+        out["server_cpu_us_per_insert"] = {k: round(statistics.median(v), 1) for k, v in server.items()}
     out["blocks"] = {k: [round(x) for x in v] for k, v in rates.items()}
     out["ours_cpu_us_per_job"] = round(statistics.median(cpu), 1)
     out["vs_plain"] = round(out["ours_jobs_per_s"] / out["plain_jobs_per_s"], 3)

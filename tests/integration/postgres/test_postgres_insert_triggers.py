@@ -1,8 +1,8 @@
 """Schema version 4's insert triggers, against the real server: whichever way a job is inserted (a
-single enqueue, a small or a large batch, COPY, an application's own INSERT with or without
-``conveyor.one_row``), it is logged in the change feed exactly once, each queue is NOTIFYed once per
-transaction, and, once a paired store turned the outbox on, it is marked exactly once; an unpaired
-store's inserts have no outbox triggers to run.
+single enqueue, a small or a large batch, COPY, an application's own INSERT), it is logged in the
+change feed exactly once, each queue is NOTIFYed once per transaction, and, once a paired store
+turned the outbox on, it is marked exactly once; an unpaired store's inserts have no outbox trigger
+to run.
 """
 
 from __future__ import annotations
@@ -44,31 +44,30 @@ def paired() -> Iterator[PostgresBroker]:
         yield made
 
 
-def _raw_insert(store: PostgresBroker, jobs: Sequence[Message], *, one_row: bool) -> None:
-    """The application's own multi-row INSERT, in one transaction (``one_row``: after setting
-    conveyor.one_row in it, as the store's single enqueue does, so that a row trigger per row logs them)."""
+def _raw_insert(store: PostgresBroker, jobs: Sequence[Message], *, twice: bool = False) -> None:
+    """The application's own multi-row INSERT, in one transaction (``twice``: two INSERTs in it)."""
     now = time.time()
     insert = sql.SQL("INSERT INTO {}.conveyor_jobs (id, task, queue, state, payload, created_at, updated_at) "
                      "SELECT id, 't', q, 'queued', %s, %s, %s FROM unnest(%s::text[], %s::text[]) AS u(id, q)"
                      ).format(sql.Identifier(store.schema))
     with psycopg.connect(POSTGRES_URL) as conn:
-        if one_row:
-            conn.execute("SELECT set_config('conveyor.one_row', 'on', true)")
-        conn.execute(insert, (PAYLOAD, now, now, [m.id for m in jobs], [m.queue for m in jobs]))
+        parts = [jobs[: len(jobs) // 2], jobs[len(jobs) // 2:]] if twice else [jobs]
+        for part in parts:
+            conn.execute(insert, (PAYLOAD, now, now, [m.id for m in part], [m.queue for m in part]))
 
 
 def _every_way(store: PostgresBroker) -> list[Message]:
     """Insert jobs every way there is; all of them."""
-    single, two, eight, copied, streamed, raw, raw_one_row = (
+    single, two, eight, copied, streamed, raw, raw_twice = (
         _msgs(1), _msgs(2), _msgs(8), _msgs(40), _msgs(30), _msgs(5), _msgs(6))
-    store.enqueue(single)  # the row trigger
-    store.enqueue(two)  # INSERT, the statement trigger
+    store.enqueue(single)
+    store.enqueue(two)  # INSERT
     store.enqueue(eight)
     store.enqueue(copied)  # COPY
     store.enqueue_stream(iter(streamed))
-    _raw_insert(store, raw, one_row=False)
-    _raw_insert(store, raw_one_row, one_row=True)
-    return single + two + eight + copied + streamed + raw + raw_one_row
+    _raw_insert(store, raw)
+    _raw_insert(store, raw_twice, twice=True)
+    return single + two + eight + copied + streamed + raw + raw_twice
 
 
 def test_every_way_of_inserting_logs_each_new_job_exactly_once(store: PostgresBroker) -> None:
@@ -96,12 +95,10 @@ def test_each_queue_is_notified_once_per_transaction_whatever_the_way(store: Pos
         assert heard() == ["a", "b"]
         store.enqueue(_msgs(3, "a") + _msgs(3, "b"))  # a small batch: INSERT
         assert heard() == ["a", "b"]
-        _raw_insert(store, _msgs(5, "c"), one_row=False)
+        _raw_insert(store, _msgs(5, "c"))
         assert heard() == ["c"]
-        _raw_insert(store, _msgs(5, "c"), one_row=True)  # a row trigger per row: folded at commit
+        _raw_insert(store, _msgs(5, "c") + _msgs(4, "c"), twice=True)  # two statements: folded at commit
         assert heard() == ["c"]
-        _raw_insert(store, _msgs(5, "c") + _msgs(2, "a"), one_row=True)
-        assert heard() == ["a", "c"]
 
 
 def _outbox_triggers(store: PostgresBroker) -> set[str]:
@@ -117,7 +114,7 @@ def test_a_paired_store_marks_every_new_job_once_and_an_unpaired_one_has_no_outb
     _every_way(store)
     assert store.outbox() == []
 
-    assert _outbox_triggers(paired) == {"conveyor_job_outbox", "conveyor_jobs_outbox"}
+    assert _outbox_triggers(paired) == {"conveyor_jobs_outbox"}
     jobs = _every_way(paired)
     marked = paired.outbox(limit=1000)
     assert Counter(d.job_id for d in marked) == Counter(m.id for m in jobs)
@@ -150,7 +147,7 @@ def test_migrating_a_paired_version_3_schema_gives_it_the_outbox_triggers() -> N
                                  "('schema_version', '3'), ('outbox', 'on')").format(sql.Identifier(name)))
         assert "from version 3 to" in made.migrate()
         made.open()
-        assert _outbox_triggers(made) == {"conveyor_job_outbox", "conveyor_jobs_outbox"}
+        assert _outbox_triggers(made) == {"conveyor_jobs_outbox"}
         jobs = _msgs(1) + _msgs(2)
         made.enqueue(jobs[:1])
         made.enqueue(jobs[1:])

@@ -2,9 +2,9 @@
 that a transport (AMQP, STOMP, ZeroMQ) can carry its jobs.
 
 The outbox is a table filled by the jobs table's triggers once a paired broker turned it on
-(``conveyor_turn_outbox_on()``: insert triggers of their own, and a row in ``conveyor_settings`` for
-the UPDATE trigger): every path that makes a job ``queued`` (insert, promote, hand back, lost lease,
-retry by hand), in any process, marks it in the same transaction. Turning it on creates triggers,
+(``conveyor_turn_outbox_on()``: an insert trigger of its own, and a row in ``conveyor_settings``
+for the UPDATE trigger): every path that makes a job ``queued`` (insert, promote, hand back, lost lease,
+retry by hand), in any process, marks it in the same transaction. Turning it on creates a trigger,
 which takes the TRIGGER privilege on ``conveyor_jobs`` (its owner has it); ``conveyor migrate`` of
 a paired application does it too.
 """

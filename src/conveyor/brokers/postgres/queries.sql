@@ -15,15 +15,11 @@ RETURNING id
 -- name: insert_one
 -- The insert of one key-less message (single enqueue), without the arrays, and without ON CONFLICT:
 -- a speculative insertion checks every unique index first and writes one more WAL record. A reused
--- id (a retried enqueue) fails on the id's index instead, and goes through "insert". "one" sets
--- conveyor.one_row for this statement's transaction before the row is made (the row is made from
--- it), so that the row trigger logs it: cheaper, for one row, than the statement trigger.
-WITH one AS MATERIALIZED (SELECT set_config('conveyor.one_row', 'on', true))
+-- id (a retried enqueue) fails on the id's index instead, and goes through "insert".
 INSERT INTO {s}.conveyor_jobs (id, task, queue, state, priority, payload, max_attempts, timeout,
                                created_at, run_at, updated_at)
-SELECT %(id)s::text, %(task)s::text, %(queue)s::text, %(state)s::text, %(priority)s::int, %(payload)s::bytea,
-       %(max_attempts)s::int, %(timeout)s::float8, %(created_at)s::float8, %(run_at)s::float8, %(updated_at)s::float8
-FROM one
+VALUES (%(id)s, %(task)s, %(queue)s, %(state)s, %(priority)s, %(payload)s, %(max_attempts)s,
+        %(timeout)s, %(created_at)s, %(run_at)s, %(updated_at)s)
 
 -- name: copy
 -- A batch without keys: COPY, the cheapest bulk load (the statement triggers fire as for INSERT). A
