@@ -16,7 +16,7 @@ Phases (each on a schema of its own, dropped and made again with ``conveyor migr
   (floor, ours, floor, ours …). Two floors: ``plain`` is a plain table ``(id identity primary key,
   task text, payload bytea)``, the bar of the issue; ``jobs`` is the same one-row INSERT into
   ``conveyor_jobs`` itself (its indexes and triggers, no Python). With the server on this host, each
-  block also reads the CPU time its server process spent (``/proc/<backend pid>/stat``): CPU time is
+  block also reads the CPU time its server process spent (psutil, by backend pid): CPU time is
   what a busy shared machine disturbs least.
 * ``bulk``: ``noop.enqueue_many`` in batches of ``--batch`` (``--bulk-n`` jobs), and a COPY of as many
   rows into the plain table (the floor), in ``--blocks`` alternating blocks; medians of the blocks.
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,11 +98,10 @@ def _server_cpu(pid: int | None) -> float | None:
     if pid is None:
         return None
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return float(times.user + times.system)
 
 
 def phase_enqueue(url: str, n: int, blocks: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -20,6 +21,22 @@ from conveyor.brokers import Dispatch
 from conveyor.brokers.redis import pairing
 from conveyor.brokers.zmq import HubService, ZMQTransport
 from conveyor.testing import wait_for
+
+
+@pytest.fixture
+def hub_and_member() -> Iterator[tuple[HubService, str, ZMQTransport]]:
+    """A hub served here, its members' address, and a transport asking it as its pool process would."""
+    url = f"zmq://127.0.0.1:{free_port()}"
+    service = ZMQTransport(url).serve()
+    members = service.hub.options.members
+    assert members is not None
+    member = ZMQTransport(url)
+    member.open()
+    try:
+        yield service, members, member
+    finally:
+        member.close()
+        service.close()
 
 
 def _round_trips(store: Any) -> list[str]:
@@ -118,41 +135,30 @@ def test_a_job_unmarked_lazily_is_not_sent_again_while_its_delivery_waits(
         other.close()
 
 
-def test_a_pool_process_gets_its_answers_on_a_datagram_or_over_zeromq_when_too_big() -> None:
-    url = f"zmq://127.0.0.1:{free_port()}"
-    service = ZMQTransport(url).serve()
-    members = service.hub.options.members
-    assert members is not None
-    member = ZMQTransport(url)  # as a pool process of this hub asks it
-    member.open()
-    try:
-        service.hub.put([Dispatch("job-1", "default", 0)])
-        started = time.monotonic()
-        got = member._ask(members, ["default"], 10, 5.0)
-        assert [d.job_id for d in got] == ["job-1"] and time.monotonic() - started < 2.0
-        if sys.platform.startswith("linux"):
-            assert member._answers is not None  # the answer's way
-        parked = member._ask(members, ["default"], 10, 0.3)  # nothing: the hub answers when the wait ends
-        assert parked == []
-        many = [Dispatch(f"job-{i:05d}-{'x' * 40}", "default", 0) for i in range(2000)]  # ~150 kB answer
-        service.hub.put(many)
-        got = member._ask(members, ["default"], 5000, 5.0)
-        assert len(got) == 2000
-        service.hub.put([Dispatch("job-2", "default", 0)])
-        assert [d.job_id for d in member._ask(members, ["default"], 10, 5.0)] == ["job-2"]
-    finally:
-        member.close()
-        service.close()
+def test_a_pool_process_gets_its_answers_on_a_datagram_or_over_zeromq_when_too_big(
+        hub_and_member: tuple[HubService, str, ZMQTransport]) -> None:
+    service, members, member = hub_and_member
+    service.hub.put([Dispatch("job-1", "default", 0)])
+    started = time.monotonic()
+    got = member._ask(members, ["default"], 10, 5.0)
+    assert [d.job_id for d in got] == ["job-1"] and time.monotonic() - started < 2.0
+    if sys.platform.startswith("linux"):
+        assert member._answers is not None  # the answer's way
+    parked = member._ask(members, ["default"], 10, 0.3)  # nothing: the hub answers when the wait ends
+    assert parked == []
+    many = [Dispatch(f"job-{i:05d}-{'x' * 40}", "default", 0) for i in range(2000)]  # ~150 kB answer
+    service.hub.put(many)
+    got = member._ask(members, ["default"], 5000, 5.0)
+    assert len(got) == 2000
+    service.hub.put([Dispatch("job-2", "default", 0)])
+    assert [d.job_id for d in member._ask(members, ["default"], 10, 5.0)] == ["job-2"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix sockets: Linux only")
-def test_a_pool_process_sends_its_requests_and_notices_to_the_hub_as_datagrams() -> None:
-    url = f"zmq://127.0.0.1:{free_port()}"
-    service = ZMQTransport(url).serve()
-    members = service.hub.options.members
-    assert members is not None and service.hub.member_name is not None
-    member = ZMQTransport(url)  # as a pool process of this hub asks it
-    member.open()
+def test_a_pool_process_sends_its_requests_and_notices_to_the_hub_as_datagrams(
+        hub_and_member: tuple[HubService, str, ZMQTransport]) -> None:
+    service, members, member = hub_and_member
+    assert service.hub.member_name is not None
     member._parent_hub()  # reads the hub's entry (this test process is not its pool process)
     sent: list[tuple[bytes, bool]] = []
     real = member._to_hub
@@ -163,18 +169,14 @@ def test_a_pool_process_sends_its_requests_and_notices_to_the_hub_as_datagrams()
         return done
 
     member._to_hub = to_hub  # type: ignore[method-assign]
-    try:
-        service.hub.put([Dispatch("job-1", "default", 0), Dispatch("job-2", "default", 0)])
-        first = member._ask(members, ["default"], 1, 5.0)
-        assert [d.job_id for d in first] == ["job-1"] and sent == []  # the first request: over the DEALER
-        second = member._ask(members, ["default"], 1, 5.0)
-        assert [d.job_id for d in second] == ["job-2"] and sent == [(b"take", True)]
-        assert service.hub.held() == 2
-        assert member._to_hub(b"settle", b"0.n", orjson.dumps([d.tag for d in first + second]))
-        wait_for(lambda: service.hub.held() == 0, 5.0, "the settle by datagram")
-    finally:
-        member.close()
-        service.close()
+    service.hub.put([Dispatch("job-1", "default", 0), Dispatch("job-2", "default", 0)])
+    first = member._ask(members, ["default"], 1, 5.0)
+    assert [d.job_id for d in first] == ["job-1"] and sent == []  # the first request: over the DEALER
+    second = member._ask(members, ["default"], 1, 5.0)
+    assert [d.job_id for d in second] == ["job-2"] and sent == [(b"take", True)]
+    assert service.hub.held() == 2
+    assert member._to_hub(b"settle", b"0.n", orjson.dumps([d.tag for d in first + second]))
+    wait_for(lambda: service.hub.held() == 0, 5.0, "the settle by datagram")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix sockets: Linux only")
@@ -193,20 +195,12 @@ def test_a_malformed_datagram_to_the_hub_is_dropped_and_the_hub_goes_on() -> Non
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix sockets: Linux only")
-def test_a_pool_process_drops_a_malformed_datagram_and_still_gets_its_answer() -> None:
-    url = f"zmq://127.0.0.1:{free_port()}"
-    service = ZMQTransport(url).serve()
-    members = service.hub.options.members
-    assert members is not None
-    member = ZMQTransport(url)
-    member.open()
-    try:
-        assert member._ask(members, ["default"], 1, 0.0) == []  # makes its datagram socket
-        assert member._answers is not None and member._answers[1] is not None
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(b"not an answer", member._answers[1])
-        service.hub.put([Dispatch("job-1", "default", 0)])
-        assert [d.job_id for d in member._ask(members, ["default"], 1, 5.0)] == ["job-1"]
-    finally:
-        member.close()
-        service.close()
+def test_a_pool_process_drops_a_malformed_datagram_and_still_gets_its_answer(
+        hub_and_member: tuple[HubService, str, ZMQTransport]) -> None:
+    service, members, member = hub_and_member
+    assert member._ask(members, ["default"], 1, 0.0) == []  # makes its datagram socket
+    assert member._answers is not None and member._answers[1] is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"not an answer", member._answers[1])
+    service.hub.put([Dispatch("job-1", "default", 0)])
+    assert [d.job_id for d in member._ask(members, ["default"], 1, 5.0)] == ["job-1"]
