@@ -230,6 +230,9 @@ class PostgresLifecycle:
 
         def work(conn: psycopg.Connection[Any]) -> set[tuple[str, int]]:
             accepted: set[tuple[str, int]] = set()
+            if not others and not self.async_acks:  # the common batch: one statement, no pipeline to set up
+                ids = {row[0] for row in conn.execute(self.q["succeed"], succeed)}
+                return {(o.job_id, o.token) for o in wins if o.job_id in ids}
             with conn.pipeline(), self._lifecycle_tx(conn):
                 done = conn.execute(self.q["succeed"], succeed) if wins else None
                 cursors = [(o, conn.execute(*self._settle(o, now))) for o in others]
