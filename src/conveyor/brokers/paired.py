@@ -316,18 +316,21 @@ class PairedBroker(Broker):
                          consumer: str) -> list[Lease]:
         """Claim again, for up to WRITE_WAIT seconds, the deliveries of young jobs the store does
         not have: sent while their write was on its way, they came first. A job that never comes
-        is then dropped (written later after all, its delivery counts as lost: resent as such)."""
+        is then dropped (written later after all, its delivery counts as lost: resent as such).
+        One found queued was written since the claim: claimed again at once."""
         now = time.time()
         young = [d for d in deliveries if d.body is None and d.job_id not in claimed and _young(d.job_id, now)]
         if not young:
             return []
         records = self._store.get_many([d.job_id for d in young])
-        waiting = list({d.job_id: d.dispatch for d, r in zip(young, records) if r is None}.values())
+        waiting = list({d.job_id: d.dispatch for d, r in zip(young, records)
+                        if r is None or r.state == "queued"}.values())
         out: list[Lease] = []
-        delay, deadline = 0.001, time.monotonic() + WRITE_WAIT
+        delay, deadline = 0.0, time.monotonic() + WRITE_WAIT
         while waiting and (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(delay, left))
-            delay *= 2
+            if delay:
+                time.sleep(min(delay, left))
+            delay = delay * 2 or 0.001
             more = self._store.claim_jobs(waiting, lease, consumer)
             got = {x.job_id for x in more}
             out += more

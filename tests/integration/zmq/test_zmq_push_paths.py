@@ -70,6 +70,24 @@ def test_a_claim_that_comes_before_the_write_is_tried_again(
     assert [x.job_id for x in leases] == [message.id]
 
 
+def test_a_write_that_lands_between_the_claim_and_the_look_is_claimed(
+        worker_here: tuple[Conveyor, Task[[], None], HubService], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim found no job, and the look at the store (``get_many``) finds it queued: written in
+    between, it is claimed again, not dropped (and left for the resend look, seconds later)."""
+    app, noop, service = worker_here
+    message = noop.message((), {}, {})
+    service.hub.put([Dispatch(message.id, "default", 0)])  # delivered, not yet written
+    real_get_many = app.store.get_many
+
+    def get_many(job_ids: Any) -> Any:
+        app.store.enqueue([message])  # the write lands just now
+        return real_get_many(job_ids)
+
+    monkeypatch.setattr(app.store, "get_many", get_many)
+    leases = app.broker.fetch(["default"], 10, 30.0, "c1")
+    assert [x.job_id for x in leases] == [message.id]
+
+
 def test_a_delivery_of_a_job_that_never_comes_is_dropped_after_a_moment(
         worker_here: tuple[Conveyor, Task[[], None], HubService], monkeypatch: pytest.MonkeyPatch) -> None:
     app, _, service = worker_here
