@@ -46,23 +46,22 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from ..errors import BrokerError
 from .records import Check, Dispatch, Outcome
 from .transport import Delivery, Transport
+from .zmq_direct import SharedPushes
 from .zmq_doctor import diagnose
 from .zmq_hub import Hub, HubOptions
 from .zmq_process import HUBS_ENV, HubService, context, exported, local_hub
+from .zmq_push import Pusher
 from .zmq_wire import (
     DATAGRAM_MAX,
     ZMQOptions,
     answer_socket,
-    can,
     decode_deliveries,
     encode_dispatches,
     outcome_event,
-    push_name,
 )
 
 if TYPE_CHECKING:
@@ -78,10 +77,6 @@ DRAINED_FOR = 0.005
 #: Most deliveries a worker's own sends (its maintenance sending the outbox) put in its buffer;
 #: the outbox keeps the rest until there is room.
 LOCAL_MOST = 100_000
-#: Most deliveries per pushed message.
-PUSH_BATCH = 1000
-#: Seconds a producer pushes over ZeroMQ only after finding no hub's datagram socket on its host.
-LOCAL_LOOK_EVERY = 1.0
 
 _identities = itertools.count(1)
 
@@ -108,21 +103,17 @@ class ZMQTransport(Transport):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.options = ZMQOptions(url)
-        self._send_lock = threading.Lock()
         self._request_lock = threading.Lock()
         self._notify_lock = threading.Lock()
         self._pid = 0
-        self._push: zmq.Socket[Any] | None = None
-        self._monitor: zmq.Socket[Any] | None = None  # the PUSH socket's connections
-        self._peers = 0
-        self._grace_until = 0.0
-        self._counted_at = 0.0  # when the PUSH socket's monitor events were last read
+        self._pusher = Pusher(self.options)
         self._dealer: zmq.Socket[Any] | None = None  # take/purge requests to the supervisor's hub
         # this process's datagram socket: the hub answers there (when it has an address), and
         # requests and notices go from there to the hub's own (when it has one)
         self._answers: tuple[socket.socket, str | None] | None = None
         self._by_datagram = False  # the take requests too: once the DEALER had an answer (see _ask)
         self._waiting: zmq.Poller | None = None  # on the dealer and the answers socket
+        self._direct: SharedPushes | None = None  # the hub's push socket, inherited (see zmq_direct)
         self._notify: zmq.Socket[Any] | None = None  # settle/requeue/events to it (no answers)
         self._requests = itertools.count(1)
         self._spare: list[Delivery] = []  # late answers: deliveries the hub holds for us
@@ -131,10 +122,6 @@ class ZMQTransport(Transport):
         self._own: HubService | None = None
         self._drained: tuple[frozenset[str], float] | None = None  # queues the hub had emptied, when
         self._hubs_seen: tuple[str | None, Any] = (None, None)  # (HUBS_ENV's value, our entry in it)
-        # A hub on this host at the URL's only address takes pushes on a datagram socket of this name.
-        self._local_name = push_name(self.options.push[0]) if len(self.options.push) == 1 else None
-        self._local: socket.socket | None = None
-        self._local_off_until = 0.0  # no such hub was found: ZeroMQ only until then
 
     def __repr__(self) -> str:
         return f"<ZMQTransport {self.options.key}>"
@@ -154,10 +141,11 @@ class ZMQTransport(Transport):
             return str(entry[0])
         return None
 
-    def _to_hub(self, kind: bytes, identity: bytes, body: bytes) -> bool:
+    def _to_hub(self, kind: bytes, identity: bytes, body: bytes, quiet: bool = False) -> bool:
         """Send a message to the supervisor's hub as a datagram (no ZeroMQ I/O thread on the way);
         False when the hub has no datagram address, or the message is too big or finds the hub's
-        queue full: it then goes over ZeroMQ."""
+        queue full: it then goes over ZeroMQ. A ``quiet`` one (a settle, what this process took
+        itself) goes where the hub reads it the next time it wakes, within TICK, without waking it."""
         entry = self._hubs_seen[1]
         if not entry or len(entry) < 3:
             return False
@@ -167,19 +155,19 @@ class ZMQTransport(Transport):
         with self._notify_lock:
             if self._answers is None:
                 self._answers = answer_socket()
-        try:
-            self._answers[0].sendto(frame, entry[2])
-        except OSError:
-            return False
-        return True
+        for address in (entry[5], entry[2]) if quiet and len(entry) > 5 and entry[5] else (entry[2],):
+            try:
+                self._answers[0].sendto(frame, address)
+                return True
+            except OSError:
+                continue
+        return False
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():  # ZeroMQ sockets inherited through fork are never touched
-            for own in (self._answers[0] if self._answers is not None else None, self._local):
-                if own is not None:
-                    own.close()  # a plain file descriptor: the parent keeps its own
-            self._push = self._dealer = self._notify = self._monitor = None
-            self._answers = self._waiting = self._local = None
+            self._close_plain()  # plain file descriptors: the parent keeps its own
+            self._pusher.forget()
+            self._dealer = self._notify = None
             self._by_datagram = False
             self._spare, self._queue_of, self._own = [], {}, None
             self._pid = os.getpid()
@@ -194,21 +182,22 @@ class ZMQTransport(Transport):
         if self._spare:
             self.requeue(self._spare)
             self._spare = []
-        if self._push is not None and self._monitor is not None:
-            self._push.disable_monitor()
-            self._monitor.close(0)
-        for sock in (self._push, self._dealer, self._notify):
+        self._pusher.close()
+        for sock in (self._dealer, self._notify):
             if sock is not None:
                 sock.close()
-        for own in (self._answers[0] if self._answers is not None else None, self._local):
-            if own is not None:
-                own.close()
-        self._push = self._dealer = self._notify = self._monitor = None
-        self._answers = self._waiting = self._local = None
-        self._by_datagram = False
+        self._close_plain()
+        self._dealer = self._notify = None
         if self._own is not None:
             self._own.close()
             self._own = None
+
+    def _close_plain(self) -> None:
+        for own in (self._answers[0] if self._answers is not None else None, self._direct):
+            if own is not None:
+                own.close()
+        self._answers = self._waiting = self._direct = None
+        self._by_datagram = False
 
     def drop(self) -> None:
         """Stop a hub this transport started (tests)."""
@@ -258,80 +247,7 @@ class ZMQTransport(Transport):
                 raise BrokerError(f"this worker's zmq:// buffer holds {LOCAL_MOST} deliveries already")
             hub.put(dispatches)
             return
-        with self._send_lock:
-            if self._push_locally(dispatches):
-                return
-            sock = self._push_socket()
-            # A connected worker with room (IMMEDIATE: no room without one) takes the push at once;
-            # only when there is none are the monitor's events read and the timeout waited.
-            now = time.monotonic()
-            if now >= self._counted_at + 1.0:  # the monitor's events, read now and then all the same
-                self._counted_at = now
-                self._connected()
-            if not can(sock, zmq.POLLOUT) and not self._connected() and now >= self._grace_until:
-                raise BrokerError(f"no zmq:// worker is listening at {self.options.key}")
-            for i in range(0, len(dispatches), PUSH_BATCH):
-                frame = encode_dispatches(dispatches[i:i + PUSH_BATCH])
-                if not can(sock, zmq.POLLOUT) \
-                        and not sock.poll(int(self.options.send_timeout * 1000), zmq.POLLOUT):
-                    raise BrokerError(f"no zmq:// worker took the jobs at {self.options.key} within "
-                                      f"{self.options.send_timeout:g}s (none listening, or its HWM is full)")
-                try:
-                    sock.send(frame, zmq.NOBLOCK)
-                except zmq.ZMQError as exc:
-                    raise BrokerError(f"zmq:// push to {self.options.key} failed: {exc}") from exc
-
-    def _push_locally(self, dispatches: Sequence[Dispatch]) -> bool:
-        """Push through the datagram socket of a hub bound on this host at the URL's only address
-        (``zmq_wire.push_name``): no ZeroMQ I/O thread on the way. False when there is none (looked
-        for again a second later), or the push is too big or finds its queue full: ZeroMQ then
-        carries it, waiting or failing as usual."""
-        now = time.monotonic()
-        if self._local_name is None or now < self._local_off_until or len(dispatches) > PUSH_BATCH:
-            return False
-        frame = encode_dispatches(dispatches)
-        if len(frame) > DATAGRAM_MAX:
-            return False
-        if self._local is None:
-            self._local = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._local.setblocking(False)
-        try:
-            self._local.sendto(frame, self._local_name)
-        except (ConnectionRefusedError, FileNotFoundError):  # no hub bound here
-            self._local_off_until = now + LOCAL_LOOK_EVERY
-            return False
-        except OSError:  # its queue is full (or the frame too big for this system)
-            return False
-        return True
-
-    def _push_socket(self) -> zmq.Socket[Any]:
-        if self._push is None:
-            sock: zmq.Socket[Any] = context().socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, self.options.hwm)
-            sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a worker that is not connected
-            sock.setsockopt(zmq.LINGER, 2000)
-            self._monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-            self._peers = 0
-            # A fresh socket is given send_timeout to connect; after that a push with no worker
-            # connected fails at once (the outbox keeps the jobs), and only a full HWM waits.
-            self._grace_until = time.monotonic() + self.options.send_timeout
-            for address in self.options.push:
-                sock.connect(address)
-            self._push = sock
-        return self._push
-
-    def _connected(self) -> bool:
-        """Whether the PUSH socket has a worker (or a device) connected, from its monitor."""
-        assert self._monitor is not None
-        while True:
-            try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return self._peers > 0
-            if event["event"] == zmq.EVENT_CONNECTED:
-                self._peers += 1
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self._peers = max(0, self._peers - 1)
+        self._pusher.send(dispatches)
 
     def receive(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         """Deliveries from this worker's hub (started here when this process has none and is not
@@ -388,24 +304,42 @@ class ZMQTransport(Transport):
                 self._waiting.register(self._dealer, zmq.POLLIN)
                 if self._answers[1] is not None:
                     self._waiting.register(self._answers[0], zmq.POLLIN)
+                    self._direct = SharedPushes.inherited(self._hubs_seen[1])
+                if self._direct is not None:
+                    self._direct.watch(self._dealer, self._answers[0])
             assert self._waiting is not None and self._answers is not None
             request = next(self._requests)
             ask: list[Any] = [request, list(queues), limit, timeout]
             if self._answers[1] is not None:
                 ask.append(self._answers[1])
             # The first request goes over the DEALER: an answer too big for a datagram comes back
-            # over it, which needs the DEALER connected (the hub's ROUTER drops it otherwise).
-            body = orjson.dumps(ask)
+            # over it, which needs the DEALER connected (the hub's ROUTER drops it otherwise). A
+            # parking request by datagram may say that this process waits on the push socket too.
             identity = self._dealer.get(zmq.ROUTING_ID)
-            if not (self._by_datagram and isinstance(identity, bytes) and self._to_hub(b"take", identity, body)):
-                self._dealer.send_multipart([b"take", body])
+            direct = self._direct if timeout > 0 and self._by_datagram and isinstance(identity, bytes) else None
+            # Parked on the push socket, and the hub had nothing more for these queues a moment ago:
+            # the request need not wake the hub (it answers it when it wakes, for a push over
+            # ZeroMQ, a hand-back or its tick; meanwhile pushes on this host come here directly).
+            quiet = direct is not None and self._drained is not None and set(queues) <= self._drained[0] \
+                and time.monotonic() - self._drained[1] < DRAINED_FOR
+            if not (self._by_datagram and isinstance(identity, bytes)
+                    and self._to_hub(b"take", identity, orjson.dumps([*ask, 1] if direct else ask), quiet=quiet)):
+                direct = None
+                self._dealer.send_multipart([b"take", orjson.dumps(ask)])
+            waiting: Any = direct if direct is not None else self._waiting
             deadline = time.monotonic() + timeout + 2.0  # the hub answers by then unless it is gone
             while True:
                 left = deadline - time.monotonic()
-                ready = dict(self._waiting.poll(int(left * 1000) + 1)) if left > 0 else {}
+                ready = dict(waiting.poll(int(left * 1000) + 1)) if left > 0 else {}
                 if not ready:
                     log.warning("the worker's zmq:// hub did not answer within %.1fs", timeout + 2.0)
                     return []
+                if direct is not None and direct.fileno() in ready:
+                    assert isinstance(identity, bytes)
+                    took = self._took(direct, identity, request, queues, limit)
+                    if took:
+                        return took
+                    continue
                 if self._dealer in ready:
                     kind, body = self._dealer.recv_multipart()
                     if kind != b"give":
@@ -427,12 +361,37 @@ class ZMQTransport(Transport):
                     return got
                 self._spare.extend(got)  # the answer to a request we stopped waiting for
 
+    def _took(self, direct: SharedPushes, identity: bytes, request: int, queues: Sequence[str],
+              limit: int) -> list[Delivery]:
+        """Take a push from the hub's socket (see zmq_direct): tell the hub what this process keeps
+        (which ends its parked request), and hand it the rest."""
+        taken = direct.take(queues, limit)
+        if taken is None:
+            return []  # another pool process read it first
+        got, rest = ([], taken) if isinstance(taken, bytes) else taken
+        if got:
+            body = orjson.dumps([request, [[d.tag, d.job_id, d.queue, d.priority, d.order] for d in got]])
+            if not self._to_hub(b"held", identity, body, quiet=True):
+                self._to_hub_or_dealer(b"held", identity, body)
+        if rest:
+            self._to_hub_or_dealer(b"push", identity, rest if isinstance(rest, bytes) else encode_dispatches(rest))
+        if got:
+            wanted = set(queues)
+            more = isinstance(rest, list) and any(d.queue in wanted for d in rest)
+            self._drained = None if more else (frozenset(queues), time.monotonic())
+        return got
+
+    def _to_hub_or_dealer(self, kind: bytes, identity: bytes, body: bytes) -> None:
+        if not self._to_hub(kind, identity, body):
+            assert self._dealer is not None
+            self._dealer.send_multipart([kind, body])
+
     def _tell(self, kind: bytes, body: Any) -> bool:
         """Send a message to the supervisor's hub (no answer); False when there is none."""
         endpoint = self._parent_hub()
         if endpoint is None:
             return False
-        if self._to_hub(kind, f"{os.getpid()}.n".encode(), orjson.dumps(body)):
+        if self._to_hub(kind, f"{os.getpid()}.n".encode(), orjson.dumps(body), quiet=kind == b"settle"):
             return True
         with self._notify_lock:
             if self._notify is None:

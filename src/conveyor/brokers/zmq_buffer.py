@@ -18,13 +18,29 @@ from dataclasses import dataclass
 
 from .records import Dispatch
 from .transport import Delivery
-from .zmq_wire import message_queue
+from .zmq_wire import Endpoint, message_queue
 
-__all__ = ["Buffer", "HubCounters"]
+__all__ = ["Buffer", "HubCounters", "HubOptions"]
 
 #: Longest wait of a taker between two looks at the stop flag; how often the hub looks for dead
 #: members and expired requests (seconds).
 TICK = 0.2
+
+
+@dataclass(slots=True)
+class HubOptions:
+    """What a hub binds and how much it holds (from the URL, see :mod:`conveyor.brokers.zmq`)."""
+
+    #: Where pushed deliveries come in: bound (``@``) or connected (``>``, a streamer device).
+    jobs: Endpoint
+    #: The members' ROUTER endpoint (``ipc://`` under a private folder), or None for threads only.
+    members: str | None = None
+    #: Job events PUB endpoint, or None.
+    events: Endpoint | None = None
+    hwm: int = 1000
+    #: Most deliveries buffered; past it the PULL socket is not read (pushes wait, then fail).
+    buffer: int = 10_000
+    resend_after: float = 5.0
 
 
 @dataclass(slots=True)
@@ -36,6 +52,7 @@ class HubCounters:
     duplicates: int = 0
     resent: int = 0
     requeued_from_dead: int = 0
+    direct: int = 0  # deliveries members took from the push socket themselves (zmq_direct)
 
 
 class Buffer:
@@ -113,6 +130,21 @@ class Buffer:
                 if out or left <= 0 or self._stop.is_set():
                     return out
                 self._cond.wait(min(left, TICK))
+
+    def hold(self, owner: bytes, items: Sequence[Sequence[object]]) -> int:
+        """Record deliveries a member took itself (``[tag, job_id, queue, priority, order]``, its
+        own negative tags); how many. Raises ValueError on a malformed item (nothing recorded)."""
+        got = []
+        for tag, job_id, queue, priority, order in items:
+            if not (type(tag) is int and tag < 0 and isinstance(job_id, str) and isinstance(queue, str)
+                    and type(priority) is int and type(order) is int):
+                raise ValueError("a held delivery is [negative tag, job_id, queue, priority, order]")
+            got.append(Delivery(job_id, queue, priority, order, tag, False))
+        with self._cond:
+            for d in got:
+                self._held[d.tag] = (owner, d)
+        self.counters.direct += len(got)
+        return len(got)
 
     def settle(self, tags: Sequence[int]) -> None:
         """Forget held deliveries."""

@@ -10,13 +10,15 @@ A worker's supervisor starts one :class:`Hub` (``ZMQTransport.serve``). Its thre
   on the member's datagram socket when it names one, see ``zmq_wire.answer_socket``; a thread
   member calls :meth:`Hub.take` directly), and remembers which member holds what until it settles
   or requeues it. A member process that dies holding deliveries it had not yet claimed has them put
-  back at once;
+  back at once. While a member process waits on the local push socket itself
+  (:mod:`~conveyor.brokers.zmq_direct`), the thread leaves that socket to it;
 * publishes job events on a PUB socket, when the URL names one;
 * resends lost deliveries: when members ask for work and the buffer is empty, it takes the jobs of
   their queues that the store says have been ``queued`` for longer than ``resend_after`` seconds
   (their delivery died with a worker, or never arrived) into its own buffer. A thread of its own
   looks, once a second, from ``resend_after`` seconds after the start (so the outbox, sent by the
-  worker's maintenance at once, goes first). Duplicates are dropped when claimed.
+  worker's maintenance at once, goes first). Duplicates are dropped when claimed
+  (:mod:`~conveyor.brokers.zmq_resend`).
 
 No buffer here is durable: the store is the truth, and a delivery is only a hint to claim a job.
 """
@@ -36,13 +38,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import zmq
 
-from .records import Dispatch, JobQuery
 from .transport import Delivery
-from .zmq_buffer import TICK, Buffer
+from .zmq_buffer import TICK, HubOptions
+from .zmq_resend import Resending
 from .zmq_wire import (
     DATAGRAM_MAX,
     MAX_PUSH,
-    Endpoint,
     answer_socket,
     can,
     decode_dispatches,
@@ -57,29 +58,6 @@ __all__ = ["Hub", "HubOptions"]  # the hub's buffer: zmq_buffer.py
 
 log = logging.getLogger("conveyor.brokers.zmq")
 
-#: A member is hungry for this long after its last unanswered request (seconds).
-HUNGRY_FOR = 1.5
-#: How often a hungry hub looks for lost deliveries in the store, at most (seconds).
-LOOK_EVERY = 1.0
-#: Queued jobs read per page when the hub looks for lost deliveries.
-STEAL_PAGE = 500
-
-
-@dataclass(slots=True)
-class HubOptions:
-    """What a hub binds and how much it holds (from the URL, see :mod:`conveyor.brokers.zmq`)."""
-
-    #: Where pushed deliveries come in: bound (``@``) or connected (``>``, a streamer device).
-    jobs: Endpoint
-    #: The members' ROUTER endpoint (``ipc://`` under a private folder), or None for threads only.
-    members: str | None = None
-    #: Job events PUB endpoint, or None.
-    events: Endpoint | None = None
-    hwm: int = 1000
-    #: Most deliveries buffered; past it the PULL socket is not read (pushes wait, then fail).
-    buffer: int = 10_000
-    resend_after: float = 5.0
-
 
 @dataclass(slots=True)
 class _Parked:
@@ -91,7 +69,7 @@ class _Parked:
     answer_to: str | None
 
 
-class Hub(Buffer):
+class Hub(Resending):
     """A worker's buffer of deliveries and its sockets (see the module docstring).
 
     Args:
@@ -119,6 +97,20 @@ class Hub(Buffer):
         # requests and notices as datagrams, ``kind NUL identity NUL body``.
         self._answers: socket.socket | None = None
         self.member_name: str | None = None
+        # The socket at which producers on this host push (its descriptor is inherited by the pool
+        # processes forked after the start, see zmq_direct), and its name.
+        self.push_fd: int | None = None
+        self.push_name: str | None = None
+        # Members' notices that need not wake the thread (what a member took itself, settles): a
+        # socket the thread does not poll, read each time it wakes, first, and every TICK.
+        self._notes: socket.socket | None = None
+        self.notes_name: str | None = None
+        self._satisfied: dict[bytes, int] = {}  # member -> its last request that a "held" ended
+        # Members waiting on the push socket themselves (zmq_direct): while there is one, the thread
+        # does not read that socket. One stays here until it takes work (a "held" notice, or an
+        # answer with deliveries), asks without waiting on the socket, or dies: between two of its
+        # parked requests (each may be a quiet notice) it is still taken to be waiting.
+        self._idle: set[bytes] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -209,7 +201,10 @@ class Hub(Buffer):
             self._ready.set()
             return
         local = self._local_pushes()  # before the hub is said ready: a push right after finds it
+        if local is not None:
+            self.push_fd, self.push_name = local.fileno(), push_name(self.options.jobs.address)
         self._answers, self.member_name = answer_socket("hub")  # members' datagrams come here too
+        self._notes, self.notes_name = answer_socket("notes")
         self._ready.set()
         try:
             self._loop(pull, router, pub, local)
@@ -217,6 +212,7 @@ class Hub(Buffer):
             log.exception("the zmq:// hub failed; deliveries are resent from the store by the next hub")
         finally:
             self._answers.close()
+            self._notes.close()
             if local is not None:
                 local.close()
             for s in sockets:
@@ -244,37 +240,44 @@ class Hub(Buffer):
         if router is not None:
             poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        sources: list[Any] = [pull] if local is None else [pull, local.fileno()]
+        local_fd = local.fileno() if local is not None else None
         dgrams = self._answers.fileno() if self._answers is not None and self.member_name else None
         if dgrams is not None:
             poller.register(dgrams, zmq.POLLIN)
-        reading = False
+        reading: set[Any] = set()
         next_tick = 0.0
         while not self._stop.is_set():
-            want_pull = self.depth() < self.options.buffer
-            if want_pull != reading:
-                for source in sources:  # past the buffer, local pushes fill the kernel's queue
-                    if want_pull:
-                        poller.register(source, zmq.POLLIN)
-                    else:
-                        poller.unregister(source)
-                reading = want_pull
+            # Past the buffer, pushes wait (local ones in the kernel's queue); while a member waits
+            # on the local push socket itself, it reads it alone.
+            wanted: set[Any] = set()
+            if self.depth() < self.options.buffer:
+                wanted.add(pull)
+                if local_fd is not None and not self._idle:
+                    wanted.add(local_fd)
+            if wanted != reading:
+                for source in reading - wanted:
+                    poller.unregister(source)
+                for source in wanted - reading:
+                    poller.register(source, zmq.POLLIN)
+                reading = wanted
             timeout_ms = max(0.0, min(next_tick - time.monotonic(), self._next_deadline()))
             ready = dict(poller.poll(int(timeout_ms * 1000) + 1))
+            if router is not None and self._notes is not None and self.notes_name:
+                self._read_member_datagrams(router, self._notes)  # sent before what woke the thread
             if self._wake_r in ready:
                 try:
                     while os.read(self._wake_r, 4096):
                         pass
                 except (BlockingIOError, OSError):
                     pass
-            if reading and local is not None and local.fileno() in ready:
+            if local is not None and local_fd in reading and local_fd in ready:
                 self._read_local(local)
-            if reading and pull in ready:
+            if pull in reading and pull in ready:
                 self._read_pushes(pull)
             if router is not None and router in ready:
                 self._read_members(router)
-            if router is not None and dgrams is not None and dgrams in ready:
-                self._read_member_datagrams(router)
+            if router is not None and self._answers is not None and dgrams in ready:
+                self._read_member_datagrams(router, self._answers)
             if pub is not None and self._events:
                 self._send_events(pub)
             if router is not None and self._parked:
@@ -333,11 +336,10 @@ class Hub(Buffer):
             except (ValueError, TypeError, KeyError, IndexError) as exc:
                 log.error("dropped a malformed message from zmq:// member %r (%s)", identity, exc)
 
-    def _read_member_datagrams(self, router: zmq.Socket[Any]) -> None:
-        assert self._answers is not None
+    def _read_member_datagrams(self, router: zmq.Socket[Any], sock: socket.socket) -> None:
         for _ in range(1000):
             try:
-                frame = self._answers.recv(DATAGRAM_MAX + 1)
+                frame = sock.recv(DATAGRAM_MAX + 1)
             except (BlockingIOError, InterruptedError):
                 return
             identity = b"?"
@@ -353,11 +355,23 @@ class Hub(Buffer):
             answer_to = more[0] if more and isinstance(more[0], str) else None  # a datagram address
             with self._cond:
                 got = self._take_now(queues, int(limit), identity)
+            direct = answer_to is not None and len(more) > 1 and more[1] == 1 and timeout > 0 and not got
+            (self._idle.add if direct else self._idle.discard)(identity)
             if got or timeout <= 0:
                 self._reply(router, identity, int(request), got, queues, answer_to)
+            elif int(request) <= self._satisfied.get(identity, 0):
+                self._idle.discard(identity)  # it took a push itself meanwhile (its notice came first)
             else:
                 self._parked.append(_Parked(identity, int(request), list(queues), int(limit),
                                             time.monotonic() + float(timeout), answer_to))
+        elif kind == b"held":  # what a parked member took from the push socket itself (zmq_direct)
+            request, items = orjson.loads(body)
+            if self.hold(identity, items):
+                self._idle.discard(identity)
+                self._parked = deque(p for p in self._parked if p.identity != identity or p.request != request)
+                self._satisfied[identity] = max(int(request), self._satisfied.get(identity, 0))
+        elif kind == b"push":  # what such a member does not serve
+            self._pushed([body])
         elif kind == b"settle":
             self.settle(orjson.loads(body))
         elif kind == b"requeue":
@@ -394,6 +408,8 @@ class Hub(Buffer):
             with self._cond:
                 got = self._take_now(p.queues, p.limit, p.identity)
             if got or now >= p.deadline:
+                if got:
+                    self._idle.discard(p.identity)
                 self._reply(router, p.identity, p.request, got, p.queues, p.answer_to)
             else:
                 waiting.append(p)
@@ -412,9 +428,10 @@ class Hub(Buffer):
         """Put back what member processes that died were given and had not settled."""
         with self._cond:
             owners = {owner for owner, _ in self._held.values() if owner is not None}
-        dead = {owner for owner in owners if not _pid_alive(owner, self._pid)}
+        dead = {owner for owner in owners | self._idle if not _pid_alive(owner, self._pid)}
         if not dead:
             return
+        self._idle -= dead
         with self._cond:
             tags = [tag for tag, (owner, _) in self._held.items() if owner in dead]
             n = self._requeue_locked(tags)
@@ -422,62 +439,10 @@ class Hub(Buffer):
                 self._cond.notify_all()
         self.counters.requeued_from_dead += n
         self._parked = deque(p for p in self._parked if p.identity not in dead)
+        for identity in [i for i in self._satisfied if not _pid_alive(i, self._pid)]:
+            del self._satisfied[identity]
         if n:
             log.info("%d delivery(ies) given to pool member(s) that died put back", n)
-
-    def _resend_loop(self) -> None:
-        """The resend thread (its store reads never hold up the sockets): once ``resend_after``
-        has passed since the start, look once a second for lost deliveries while members are
-        hungry (see the module docstring)."""
-        assert self.store is not None
-        if self._stop.wait(self.options.resend_after):
-            return
-        try:
-            self.store.open()
-            while not self._stop.wait(min(LOOK_EVERY, self.options.resend_after)):
-                self._resend_once(time.monotonic())
-        finally:
-            self.store.close()
-
-    def _resend_once(self, now: float) -> None:
-        hungry = [q for q, at in list(self._hungry.items()) if now - at < HUNGRY_FOR]
-        with self._cond:
-            hungry = [q for q in hungry if not self._queues.get(q)]
-        if not hungry:
-            return
-        try:
-            found = self._stale_queued(hungry)
-        except Exception as exc:  # the store may be down: try again later
-            log.warning("could not look for lost zmq:// deliveries: %s", exc)
-            return
-        n = self.put(found, redelivered=True) if found else 0
-        self.counters.resent += n
-        if n:
-            log.warning("resent %d job(s) queued for over %gs whose delivery was lost", n, self.options.resend_after)
-
-    def _stale_queued(self, queues: list[str]) -> list[Dispatch]:
-        """Jobs of ``queues`` queued in the store since over ``resend_after`` seconds ago (at most
-        ``buffer`` a look). A job queued since then was created before then, so the store's
-        search narrows by creation time and the hand-back time is checked here."""
-        assert self.store is not None
-        older_than = self.store.clock() - self.options.resend_after
-        most = self.options.buffer
-        out: list[Dispatch] = []
-        paused = self.store.paused_queues()
-        for queue in queues:
-            if queue in paused:
-                continue
-            cursor = None
-            while len(out) < most:
-                page = self.store.search_jobs(JobQuery(state="queued", queue=queue, until=older_than,
-                                                       limit=STEAL_PAGE, cursor=cursor))
-                out += [Dispatch(r.id, r.queue, r.priority) for r in page.jobs
-                        if (r.updated_at or r.created_at) <= older_than]
-                if page.cursor is None:
-                    break
-                cursor = page.cursor
-        out.sort(key=lambda d: d.job_id)  # ids are time-ordered: oldest first
-        return out[:most]
 
 
 def _pid_alive(identity: bytes, own: int) -> bool:

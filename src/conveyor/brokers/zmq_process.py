@@ -65,7 +65,10 @@ class HubService:
         with _lock:
             _hubs[key] = (os.getpid(), hub)
         hubs = exported()
-        hubs[key] = [members, os.getpid(), *([hub.member_name] if hub.member_name else [])]
+        entry: list[Any] = [members, os.getpid()]
+        if hub.member_name:  # the push socket is inherited by the pool processes forked from now on
+            entry += [hub.member_name, hub.push_fd, hub.push_name, hub.notes_name]
+        hubs[key] = entry
         _export(hubs)
         return cls(key, hub, folder)
 
@@ -84,7 +87,8 @@ class HubService:
 
 def exported() -> dict[str, list[Any]]:
     """The hubs exported in this process's environment: key -> [members endpoint, supervisor pid,
-    and the hub's datagram address when it has one]."""
+    and, when the hub has datagram sockets: its address for requests, its push socket's descriptor
+    and name (zmq_direct), and its address for notices that need not wake it]."""
     try:
         found = json.loads(os.environ.get(HUBS_ENV, "{}"))
     except ValueError:

@@ -10,7 +10,7 @@ from zmq_support import Project, free_port, store_url
 
 from conveyor import Conveyor, Task
 from conveyor.brokers.redis import RedisBroker
-from conveyor.brokers.zmq import HubService
+from conveyor.brokers.zmq import HubService, ZMQTransport
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -68,4 +68,20 @@ def worker_here(redis_store: str) -> Iterator[tuple[Conveyor, Task[[], None], Hu
         yield app, noop, service
     finally:
         app.close()
+        service.close()
+
+
+@pytest.fixture
+def hub_and_member() -> Iterator[tuple[HubService, str, ZMQTransport]]:
+    """A hub served here, its members' address, and a transport asking it as its pool process would."""
+    url = f"zmq://127.0.0.1:{free_port()}"
+    service = ZMQTransport(url).serve()
+    members = service.hub.options.members
+    assert members is not None
+    member = ZMQTransport(url)
+    member.open()
+    try:
+        yield service, members, member
+    finally:
+        member.close()
         service.close()

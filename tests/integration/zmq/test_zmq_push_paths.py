@@ -117,7 +117,7 @@ def test_a_producer_pushes_to_a_hub_on_its_host_through_a_datagram() -> None:
         while hub.depth() < 1 and time.monotonic() < deadline:
             time.sleep(0.005)
         assert hub.depth() == 1 and hub.counters.received == 1
-        assert producer._push is None  # no ZeroMQ socket was needed
+        assert producer._pusher.sock is None  # no ZeroMQ socket was needed
     finally:
         producer.close()
         hub.stop()
@@ -132,7 +132,7 @@ def test_with_no_hub_on_its_host_a_producer_pushes_over_zeromq() -> None:
     producer.open()
     try:
         producer.send([Dispatch("job-1", "default", 0)])
-        assert producer._push is not None
+        assert producer._pusher.sock is not None
         assert device.poll(5000) and decode_dispatches(device.recv_multipart()) == [Dispatch("job-1", "default", 0)]
     finally:
         producer.close()
