@@ -267,3 +267,27 @@ def test_listing_by_state_uses_an_index_for_every_state(store: PostgresBroker) -
         plan = conn.execute(f"EXPLAIN SELECT * FROM {store.schema}.conveyor_jobs WHERE state = 'failed' "
                             "ORDER BY id DESC LIMIT 51").fetchall()
     assert "conveyor_jobs_listing" in "\n".join(r[0] for r in plan)
+
+
+def test_a_job_scheduled_by_another_process_is_claimed_once_due(store: PostgresBroker) -> None:
+    """A fetch that knows nothing is due claims with one statement; a job another process scheduled
+    meanwhile is still claimed by the first fetch after it fell due (the empty claim asks when the
+    next job is due, and promotes it at once), and by the fetch after a claim that returned rows."""
+    assert store.fetch(["default"], 10, 30.0, "c1") == []  # nothing scheduled: the next fetches claim alone
+    producer = PostgresBroker(store.url)
+    try:
+        soon = Message(id=str(uuid_utils.uuid7()), task="t", queue="default", payload=PAYLOAD,
+                       run_at=time.time() + 0.2)
+        producer.enqueue([soon])
+        assert store.fetch(["default"], 10, 30.0, "c1") == []  # not due yet
+        time.sleep(0.3)
+        assert [lease.job_id for lease in store.fetch(["default"], 10, 30.0, "c1")] == [soon.id]
+        later = Message(id=str(uuid_utils.uuid7()), task="t", queue="default", payload=PAYLOAD,
+                        run_at=time.time() + 0.2)
+        now = _msg()
+        producer.enqueue([later, now])
+        assert [lease.job_id for lease in store.fetch(["default"], 10, 30.0, "c1")] == [now.id]
+        time.sleep(0.3)
+        assert [lease.job_id for lease in store.fetch(["default"], 10, 30.0, "c1")] == [later.id]
+    finally:
+        producer.close()

@@ -50,6 +50,7 @@ class PostgresBroker(PostgresTransactions, PostgresPairing, PostgresLifecycle, P
         super().__init__(url, clock=clock)
         self._setup_link(url)
         self._next_due: float | None = None
+        self._due_known = False  # until the first fetch, every fetch promotes what fell due
         self._checked = False
 
     def __repr__(self) -> str:

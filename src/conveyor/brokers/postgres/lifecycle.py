@@ -79,6 +79,7 @@ class PostgresLifecycle:
         clock: Clock
         q: dict[str, str]
         _next_due: float | None
+        _due_known: bool  # _next_due was read (by a fetch of this process)
 
         def _run(self, work: Any) -> Any: ...
         def _exec(self, name: str, params: dict[str, Any] | None = None, *, fetch: str = "all") -> Any: ...
@@ -156,12 +157,25 @@ class PostgresLifecycle:
         params = {"queues": list(queues), "limit": limit, "deadline": now + lease, "consumer": consumer, "now": now}
 
         def work(conn: psycopg.Connection[Any]) -> list[Any]:
+            due = self._next_due
+            if self._due_known and not self.async_acks and (due is None or due > now):
+                # Nothing scheduled is due: the claim alone, one statement (a pipeline of three
+                # cost a pick-up 0.4 ms more). Its rows say when the next scheduled job falls due;
+                # an empty claim asks, and promotes at once if a job fell due meanwhile.
+                rows = conn.execute(self.q["claim"], params).fetchall()
+                if rows:
+                    self._next_due = rows[0][11]
+                    return rows
+                self._next_due = due = conn.execute(self.q["next_due"]).fetchone()[0]  # type: ignore[index]
+                if due is None or due > now:
+                    return rows
             with conn.pipeline(), self._lifecycle_tx(conn):  # promote and claim: one round trip
                 conn.execute(self.q["promote"], {"now": now})
                 claimed = conn.execute(self.q["claim"], params)
-                due = conn.execute(self.q["next_due"])
+                next_due = conn.execute(self.q["next_due"])
             rows = claimed.fetchall()
-            self._next_due = due.fetchone()[0]  # type: ignore[index]
+            self._next_due = next_due.fetchone()[0]  # type: ignore[index]
+            self._due_known = True
             return rows
 
         rows = self._run(work)

@@ -54,7 +54,8 @@ SELECT min(run_at) FROM {s}.conveyor_jobs WHERE state = 'scheduled'
 
 -- name: claim
 -- The batch claim: each wanted queue (in order of preference, paused ones skipped) gives its best
--- rows by priority then FIFO, skipping rows another claimer holds; the UPDATE leases them.
+-- rows by priority then FIFO, skipping rows another claimer holds; the UPDATE leases them. Each row
+-- also says when the next scheduled job falls due (an InitPlan: read once per claim).
 WITH wanted AS (
     SELECT q.name, q.pos FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, pos)
     WHERE NOT EXISTS (SELECT 1 FROM {s}.conveyor_queues p WHERE p.name = q.name AND p.paused)
@@ -71,7 +72,7 @@ SET state = 'running', attempts = j.attempts + 1, token = j.token + 1, lease_unt
     consumer = %(consumer)s, started_at = NULL, updated_at = %(now)s, cancel_requested = false
 FROM picked WHERE j.seq = picked.seq
 RETURNING j.id, j.token, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.timeout, j.lease_until,
-          j.priority, j.seq
+          j.priority, j.seq, (SELECT min(run_at) FROM {s}.conveyor_jobs WHERE state = 'scheduled') AS next_due
 
 -- name: succeed
 UPDATE {s}.conveyor_jobs j
