@@ -206,13 +206,8 @@ class PostgresLifecycle:
         done, waits.done = waits.done, []
 
         def register(conn: psycopg.Connection[Any]) -> JobRecord | None:
-            with conn.pipeline():
-                if done:  # the previous waits' rows, removed in this same round trip
-                    conn.execute(self.q["wait_off"], {"ids": done, "stale": now - 3600.0})
-                conn.execute(self.q["wait_on"], {"id": job_id, "now": now})
-                cur = conn.cursor(row_factory=dict_row)
-                cur.execute(self.q["get"], {"id": job_id})
-            row = cur.fetchone()
+            row = conn.cursor(row_factory=dict_row).execute(
+                self.q["wait_on"], {"id": job_id, "now": now, "done": done, "stale": now - 3600.0}).fetchone()
             return self._record(row) if row else None
 
         record: JobRecord | None = self._run(register)

@@ -28,11 +28,15 @@ COPY {s}.conveyor_jobs (id, task, queue, state, priority, payload, max_attempts,
                         created_at, run_at, updated_at) FROM STDIN (FORMAT BINARY)
 
 -- name: wait_on
--- Job.result(): NOTIFY me (payload: the job's id) when this job ends.
-INSERT INTO {s}.conveyor_waiters (job_id, since) VALUES (%(id)s, %(now)s) ON CONFLICT (job_id) DO NOTHING
-
--- name: wait_off
-DELETE FROM {s}.conveyor_waiters WHERE job_id = ANY(%(ids)s::text[]) OR since < %(stale)s
+-- Job.result(): NOTIFY me (payload: the job's id) when this job ends, and read the job, in one
+-- statement (a pipeline of three cost a round trip as much again). The waiter rows of this
+-- process's earlier waits, and any older than an hour, go in the same statement (not this job's own:
+-- an INSERT in one statement with a DELETE of the same row would not see it gone).
+WITH off AS (DELETE FROM {s}.conveyor_waiters
+             WHERE (job_id = ANY(%(done)s::text[]) OR since < %(stale)s) AND job_id <> %(id)s),
+     added AS (INSERT INTO {s}.conveyor_waiters (job_id, since) VALUES (%(id)s, %(now)s)
+               ON CONFLICT (job_id) DO NOTHING)
+SELECT * FROM {s}.conveyor_jobs WHERE id = %(id)s
 
 -- name: existing
 -- For rows the insert skipped: the row itself (a retried batch), else the active job holding its key.
