@@ -317,13 +317,10 @@ class ZMQTransport(Transport):
             # parking request by datagram may say that this process waits on the push socket too.
             identity = self._dealer.get(zmq.ROUTING_ID)
             direct = self._direct if timeout > 0 and self._by_datagram and isinstance(identity, bytes) else None
-            # Parked on the push socket, and the hub had nothing more for these queues a moment ago:
-            # the request need not wake the hub (it answers it when it wakes, for a push over
-            # ZeroMQ, a hand-back or its tick; meanwhile pushes on this host come here directly).
-            quiet = direct is not None and self._drained is not None and set(queues) <= self._drained[0] \
-                and time.monotonic() - self._drained[1] < DRAINED_FOR
+            # A parking request wakes the hub even when it had nothing a moment ago: it may have
+            # buffered a push since (read while no process waited on the push socket).
             if not (self._by_datagram and isinstance(identity, bytes)
-                    and self._to_hub(b"take", identity, orjson.dumps([*ask, 1] if direct else ask), quiet=quiet)):
+                    and self._to_hub(b"take", identity, orjson.dumps([*ask, 1] if direct else ask))):
                 direct = None
                 self._dealer.send_multipart([b"take", orjson.dumps(ask)])
             waiting: Any = direct if direct is not None else self._waiting

@@ -10,10 +10,10 @@ A pool process with nothing to do asks its hub for work saying that it waits on 
 read the socket, so a push wakes the waiting pool process alone instead of the hub's thread and
 then the pool process (two wake-ups in a row, about 100-160 µs on a busy 2-core host). The pool
 process keeps what it serves (up to the count it asked for), tells the hub at once (``held``), and
-hands the hub the rest (``push``). The ``held`` notice, and the next parked request when the hub
-had nothing more a moment before, go to the hub's socket for notices that need not wake it: read
-first whenever the thread wakes, and every tick, before it buries dead members. The hub then puts
-those deliveries back if the process dies. A job taken this way costs the hub's thread no wake-up.
+hands the hub the rest (``push``). The ``held`` notice goes to the hub's socket for notices that
+need not wake it: read first whenever the thread wakes, and every tick, before it buries dead
+members. The hub then puts those deliveries back if the process dies. A job taken this way costs
+the hub's thread one wake-up (the next parked request) where it cost three or four.
 Its deliveries carry tags of its own (negative, made of its pid), which settle and requeue as the
 hub's do. A pool process that dies between reading a push and telling the hub (a few microseconds)
 loses that delivery, as a dead worker does: the ``resend_after`` look brings it back.

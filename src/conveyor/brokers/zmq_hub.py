@@ -109,7 +109,8 @@ class Hub(Resending):
         # Members waiting on the push socket themselves (zmq_direct): while there is one, the thread
         # does not read that socket. One stays here until it takes work (a "held" notice, or an
         # answer with deliveries), asks without waiting on the socket, or dies: between two of its
-        # parked requests (each may be a quiet notice) it is still taken to be waiting.
+        # parked requests it is still taken to be waiting (pushes then wait in the kernel's queue
+        # for the next member that parks).
         self._idle: set[bytes] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from conveyor.brokers import Dispatch
+from conveyor.brokers import Dispatch, zmq_hub
 from conveyor.brokers.zmq import HubService, ZMQTransport
 from conveyor.brokers.zmq_wire import encode_dispatches
 from conveyor.testing import wait_for
@@ -148,3 +148,21 @@ def test_a_pool_process_that_dies_waiting_on_the_push_socket_leaves_it_to_the_hu
         child.wait(10)
         _push_later(hub.push_name, [Dispatch("job-y", "default", 0)], after=0.0).join()
         wait_for(lambda: hub.depth() == 1, 5.0, "the hub to read the push socket again")
+
+
+def test_a_pool_process_that_parks_after_the_hub_buffered_a_push_gets_it_at_once(
+        hub_and_member: tuple[HubService, str, ZMQTransport], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push the hub read while no process waited on the socket is in its buffer: a process that
+    parks then must wake the hub (its request is answered from the buffer), even though the hub
+    had nothing for it a moment before."""
+    service, members, member = hub_and_member
+    hub = service.hub
+    monkeypatch.setattr(zmq_hub, "TICK", 5.0)  # the hub's own wake-ups far apart
+    time.sleep(0.3)  # the running loop takes the new tick
+    member._parent_hub()
+    assert member._ask(members, ["default"], 1, 0.0) == []  # the hub has nothing: drained
+    _push_later(hub.push_name, [Dispatch("job-1", "default", 0)], after=0.0).join()
+    wait_for(lambda: hub.depth() == 1, 2.0, "the hub to buffer the push")
+    started = time.monotonic()
+    got = member._ask(members, ["default"], 1, 3.0)
+    assert [d.job_id for d in got] == ["job-1"] and time.monotonic() - started < 1.0
