@@ -1,5 +1,9 @@
 -- Named queries of the PostgreSQL store. Each block starts with "-- name: <name>"; {s} is the
--- schema (quoted). The tables are made by migrations/*.sql. Parameters are psycopg's %(name)s.
+-- schema (quoted). The tables are made by migrations/*.sql. Parameters are psycopg's %(name)s; the
+-- arrays of a worker's statements are %(name)b, sent in binary: psycopg's text form of an array
+-- quotes each element through a regular expression, three times the client CPU of the binary one
+-- (48-job acks: 0.8-1.1 against 0.3 ms). "insert" and "existing" stay %(name)s: enqueue(connection=)
+-- runs them on other drivers too.
 
 -- name: insert
 -- One statement for a whole batch, in message order (seq is the FIFO order). A unique key held by
@@ -33,7 +37,7 @@ COPY {s}.conveyor_jobs (id, task, queue, state, priority, payload, max_attempts,
 -- process's earlier waits, and any older than an hour, go in the same statement (not this job's own:
 -- an INSERT in one statement with a DELETE of the same row would not see it gone).
 WITH off AS (DELETE FROM {s}.conveyor_waiters
-             WHERE (job_id = ANY(%(done)s::text[]) OR since < %(stale)s) AND job_id <> %(id)s),
+             WHERE (job_id = ANY(%(done)b::text[]) OR since < %(stale)s) AND job_id <> %(id)s),
      added AS (INSERT INTO {s}.conveyor_waiters (job_id, since) VALUES (%(id)s, %(now)s)
                ON CONFLICT (job_id) DO NOTHING)
 SELECT * FROM {s}.conveyor_jobs WHERE id = %(id)s
@@ -61,7 +65,7 @@ SELECT min(run_at) FROM {s}.conveyor_jobs WHERE state = 'scheduled'
 -- rows by priority then FIFO, skipping rows another claimer holds; the UPDATE leases them. Each row
 -- also says when the next scheduled job falls due (an InitPlan: read once per claim).
 WITH wanted AS (
-    SELECT q.name, q.pos FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, pos)
+    SELECT q.name, q.pos FROM unnest(%(queues)b::text[]) WITH ORDINALITY AS q(name, pos)
     WHERE NOT EXISTS (SELECT 1 FROM {s}.conveyor_queues p WHERE p.name = q.name AND p.paused)
 ), picked AS (
     SELECT c.seq FROM wanted w CROSS JOIN LATERAL (
@@ -82,8 +86,8 @@ RETURNING j.id, j.token, j.task, j.queue, j.payload, j.attempts, j.max_attempts,
 UPDATE {s}.conveyor_jobs j
 SET state = 'succeeded', result = u.result, started_at = coalesce(u.started_at, j.started_at),
     finished_at = coalesce(j.committed_at, u.finished_at), updated_at = %(now)s, lease_until = NULL, consumer = NULL
-FROM unnest(%(id)s::text[], %(token)s::bigint[], %(result)s::bytea[], %(started_at)s::float8[],
-            %(finished_at)s::float8[]) AS u(id, token, result, started_at, finished_at)
+FROM unnest(%(id)b::text[], %(token)b::bigint[], %(result)b::bytea[], %(started_at)b::float8[],
+            %(finished_at)b::float8[]) AS u(id, token, result, started_at, finished_at)
 WHERE j.id = u.id AND j.token = u.token AND j.state = 'running'
 RETURNING j.id
 
@@ -118,7 +122,7 @@ WHERE id = %(id)s AND token = %(token)s AND state = 'running'
 
 -- name: mark_started
 UPDATE {s}.conveyor_jobs j SET started_at = u.at, updated_at = %(now)s
-FROM unnest(%(id)s::text[], %(token)s::bigint[], %(at)s::float8[]) AS u(id, token, at)
+FROM unnest(%(id)b::text[], %(token)b::bigint[], %(at)b::float8[]) AS u(id, token, at)
 WHERE j.id = u.id AND j.token = u.token AND j.state = 'running'
 
 -- name: reserved
@@ -130,7 +134,7 @@ WHERE state = 'running' AND lease_until IS NOT NULL AND started_at IS NULL GROUP
 -- waited for: an extend never waits, so it never deadlocks with an ack locking rows in another order.
 WITH mine AS (
     SELECT j.seq FROM {s}.conveyor_jobs j
-    JOIN unnest(%(id)s::text[], %(token)s::bigint[]) AS u(id, token) ON j.id = u.id AND j.token = u.token
+    JOIN unnest(%(id)b::text[], %(token)b::bigint[]) AS u(id, token) ON j.id = u.id AND j.token = u.token
     WHERE j.state = 'running'
     FOR NO KEY UPDATE OF j SKIP LOCKED
 )
@@ -141,7 +145,7 @@ RETURNING j.id, j.cancel_requested
 -- name: still_held
 -- Of the leases an extend skipped, those still held (their row was locked, not lost).
 SELECT j.id, j.cancel_requested FROM {s}.conveyor_jobs j
-JOIN unnest(%(id)s::text[], %(token)s::bigint[]) AS u(id, token) ON j.id = u.id AND j.token = u.token
+JOIN unnest(%(id)b::text[], %(token)b::bigint[]) AS u(id, token) ON j.id = u.id AND j.token = u.token
 WHERE j.state = 'running'
 
 -- name: progress
@@ -324,6 +328,6 @@ SELECT 1 FROM {s}.conveyor_jobs WHERE state = 'scheduled' AND run_at <= %(now)s 
 UPDATE {s}.conveyor_jobs
 SET state = 'running', attempts = attempts + 1, token = token + 1, lease_until = %(deadline)s,
     consumer = %(consumer)s, started_at = NULL, updated_at = %(now)s, cancel_requested = false
-WHERE id = ANY(%(ids)s::text[]) AND state = 'queued'
+WHERE id = ANY(%(ids)b::text[]) AND state = 'queued'
   AND queue NOT IN (SELECT name FROM {s}.conveyor_queues WHERE paused)
 RETURNING id, token, task, queue, payload, attempts, max_attempts, timeout, lease_until, priority
