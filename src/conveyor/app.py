@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, overload
 
 from .brokers import Broker, JobStore, from_url
+from .brokers.registry import preload
 from .config import Settings, load_settings
 from .errors import ConfigError, JobNotFound, UnknownTask
 from .job import Job
@@ -48,6 +49,8 @@ class Conveyor:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.serializer: Serializer = get_serializer(self.settings.serializer)
         self._broker: Broker | None = None
+        for where in (self.settings.url, self.settings.store):
+            preload(where)  # the client library now, not in the first enqueue (nothing connects)
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.settings.url.split('://', 1)[0]}:// tasks={len(self.tasks)}>"

@@ -187,11 +187,15 @@ class Task(Generic[P, R]):
         model) again here, except when every parameter is a JSON scalar (int, str, bool, float or
         untyped) and every argument already has exactly its declared type: validation would return
         them unchanged, and the worker then never imports pydantic."""
-        if not self._plain_ready:
-            self._plain, self._plain_ready = _PlainSignature.of(self.fn), True
-        if self._plain is not None and self._plain.fits(args, kwargs):
+        plain = self._plain_signature()
+        if plain is not None and plain.fits(args, kwargs):
             return args, kwargs
         return self.validate(args, kwargs)
+
+    def _plain_signature(self) -> _PlainSignature | None:
+        if not self._plain_ready:
+            self._plain, self._plain_ready = _PlainSignature.of(self.fn), True
+        return self._plain
 
     def decode_result(self, value: Any) -> Any:
         """Turn a stored JSON result back into the task's declared return type, when it has one."""
@@ -256,10 +260,14 @@ class Task(Generic[P, R]):
                  plan: _Plan | None, now: float) -> Message:
         """One call as a message; ``plan`` is ``options`` already resolved (None: resolve them now,
         after the arguments, so that bad arguments are reported first)."""
-        validator = self._validator
-        if validator is None:
-            validator = self._validator = self._build_validator()
-        vargs, vkwargs = validator(*args, **kwargs)  # raises InvalidArguments
+        plain = self._plain_signature()
+        if plain is not None and plain.fits(args, kwargs):  # what validation would return, without pydantic
+            vargs, vkwargs = plain.bound(args, kwargs)
+        else:
+            validator = self._validator
+            if validator is None:
+                validator = self._validator = self._build_validator()
+            vargs, vkwargs = validator(*args, **kwargs)  # raises InvalidArguments
         # A list, not the validator's tuple: pickle would keep the tuple, and a worker reads
         # anything but {"args": [...], "kwargs": {...}} as a malformed message.
         app = self.app
@@ -275,15 +283,19 @@ class Task(Generic[P, R]):
 
 
 class _PlainSignature:
-    """A signature whose parameters are all JSON scalars, for :meth:`Task.prepare`."""
+    """A signature whose parameters are all JSON scalars, for :meth:`Task.prepare` and enqueue: a
+    call that :meth:`fits` it is what validation would return unchanged (:meth:`bound`), so neither
+    a worker nor a producer of such calls imports pydantic."""
 
-    __slots__ = ("keyword", "positional", "required")
+    __slots__ = ("defaults", "keyword", "positional", "required")
     _SCALARS = (int, str, bool, float)
 
-    def __init__(self, positional: list[Any], keyword: dict[str, Any], required: list[tuple[int, str]]) -> None:
+    def __init__(self, positional: list[Any], keyword: dict[str, Any], required: list[tuple[int, str]],
+                 defaults: list[tuple[str, int, Any]]) -> None:
         self.positional = positional  # the type of each positional parameter (None: any)
         self.keyword = keyword  # name -> (position or -1, type or None)
         self.required = required  # (position, name) of the parameters without a default
+        self.defaults = defaults  # (name, position or -1, default) of every parameter, in order
 
     @classmethod
     def of(cls, fn: Callable[..., Any]) -> _PlainSignature | None:
@@ -295,6 +307,7 @@ class _PlainSignature:
         positional: list[Any] = []
         keyword: dict[str, Any] = {}
         required: list[tuple[int, str]] = []
+        defaults: list[tuple[str, int, Any]] = []
         for p in params:
             hint = hints.get(p.name, Any)
             if (hint is not Any and hint not in cls._SCALARS) or type(p.default).__module__.startswith("pydantic"):
@@ -311,7 +324,8 @@ class _PlainSignature:
                     required.append((-1, p.name))
             else:  # *args, **kwargs, positional-only: left to pydantic
                 return None
-        return cls(positional, keyword, required)
+            defaults.append((p.name, keyword[p.name][0], p.default))
+        return cls(positional, keyword, required, defaults)
 
     def fits(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
         n = len(args)
@@ -325,6 +339,16 @@ class _PlainSignature:
             if spec is None or 0 <= spec[0] < n or (spec[1] is not None and type(value) is not spec[1]):
                 return False  # unknown, given twice or of another type: validation says which
         return all(0 <= at < n or name in kwargs for at, name in self.required)
+
+    def bound(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """What the validator returns for a call that fits: the positional arguments as given, and
+        every other parameter by name, in the signature's order (given, else its default)."""
+        n = len(args)
+        out: dict[str, Any] = {}
+        for name, at, default in self.defaults:
+            if not 0 <= at < n:
+                out[name] = kwargs.get(name, default)
+        return tuple(args), out
 
 
 def _check_option_names(options: Mapping[str, Any]) -> None:

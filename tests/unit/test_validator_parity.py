@@ -152,3 +152,40 @@ def test_plain_scalar_signatures_skip_pydantic_schema_generation() -> None:
     assert _scalar_call_schema(params(scalars), scalars) is not None
     for fn in (variadic, rich, field_default):
         assert _scalar_call_schema(params(fn), fn) is None
+
+
+def untyped_defaults(a, b=None, *, c=(1, 2), d: bool = False) -> None: ...  # type: ignore[no-untyped-def]
+
+
+@pytest.mark.parametrize(("fn", "args", "kwargs"), [
+    (plain, (1,), {}), (plain, (1, "b"), {}), (plain, (1,), {"y": "b"}), (plain, (), {"x": 1}),
+    (plain, (1,), {"z": 2.5}), (plain, (), {"z": 2.5, "x": 3, "y": "c"}),
+    (untyped_defaults, ({"k": [1]},), {}), (untyped_defaults, (1, [2]), {"d": True}),
+    (untyped_defaults, (), {"a": None, "c": "x"}),
+])
+def test_an_enqueue_that_fits_a_scalar_signature_stores_what_validation_returns(
+        fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Calls of a scalar signature whose arguments have exactly their declared types skip pydantic
+    at enqueue too: the stored arguments are what pydantic's validator returns (defaults included,
+    by name, in the signature's order)."""
+    from conveyor._validation import build_validator
+    from conveyor.task import _PlainSignature
+
+    shape = _PlainSignature.of(fn)
+    assert shape is not None and shape.fits(args, kwargs)
+    fast = shape.bound(args, kwargs)
+    validated = build_validator(fn, fn.__name__)(*args, **kwargs)
+    assert fast == validated
+    assert list(fast[1]) == list(validated[1])  # the same order: the same stored payload
+
+
+def test_a_producer_enqueueing_scalar_calls_never_imports_pydantic() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom conveyor import Conveyor\napp = Conveyor('memory://')\n"
+            "@app.task\ndef add(a: int, b: float = 1.0, *, c: str = '') -> float: return a + b\n"
+            "add.enqueue(1, 2.5, c='x')\nadd.enqueue_many([(1,), (2, 3.0)])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pydantic_core')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
